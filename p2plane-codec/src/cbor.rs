@@ -1,0 +1,138 @@
+use p2plane_core::{Codec, CodecError};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The default maximum encoded message size: 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// CBOR (RFC 8949) through ciborium, with a maximum encoded size.
+///
+/// Decoding rejects bytes left over after the value and limits nesting depth (ciborium's
+/// recursion limit), so a hostile peer cannot overflow the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CborCodec {
+    max_message_size: usize,
+}
+
+impl CborCodec {
+    /// A codec that accepts messages of at most `max_message_size` encoded bytes.
+    pub const fn new(max_message_size: usize) -> Self {
+        Self { max_message_size }
+    }
+}
+
+impl Default for CborCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+}
+
+impl Codec for CborCodec {
+    fn encode<T: Serialize>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        let start = buf.len();
+        ciborium::into_writer(value, &mut *buf).map_err(|e| CodecError::Encode(e.to_string()))?;
+        let len = buf.len() - start;
+        if len > self.max_message_size {
+            buf.truncate(start);
+            return Err(CodecError::TooLarge {
+                limit: self.max_message_size,
+                len: len as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        if bytes.len() > self.max_message_size {
+            return Err(CodecError::TooLarge {
+                limit: self.max_message_size,
+                len: bytes.len() as u64,
+            });
+        }
+        let mut rest = bytes;
+        let value =
+            ciborium::from_reader(&mut rest).map_err(|e| CodecError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CodecError::TrailingBytes { extra: rest.len() });
+        }
+        Ok(value)
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            id: 42,
+            name: "n".into(),
+            tags: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = CborCodec::default();
+        let mut buf = Vec::new();
+        c.encode(&sample(), &mut buf).unwrap();
+        assert_eq!(c.decode::<Sample>(&buf).unwrap(), sample());
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let c = CborCodec::default();
+        let mut buf = Vec::new();
+        c.encode(&sample(), &mut buf).unwrap();
+        buf.extend_from_slice(&[0xff, 0x00]);
+        assert_eq!(
+            c.decode::<Sample>(&buf),
+            Err(CodecError::TrailingBytes { extra: 2 })
+        );
+    }
+
+    #[test]
+    fn too_large_on_encode_leaves_buffer_as_it_was() {
+        let c = CborCodec::new(8);
+        let mut buf = vec![1, 2];
+        let err = c
+            .encode(&"a string longer than eight bytes", &mut buf)
+            .unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { limit: 8, len } if len > 8));
+        assert_eq!(buf, vec![1, 2]);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let c = CborCodec::default();
+        for garbage in [
+            &[0xff_u8][..],
+            &[0x1c],
+            &[],
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ] {
+            assert!(
+                matches!(c.decode::<Sample>(garbage), Err(CodecError::Decode(_))),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let c = CborCodec::default();
+        let nested = vec![0x81_u8; 100_000]; // arrays of one element, nested 100k deep
+        assert!(c.decode::<ciborium::Value>(&nested).is_err());
+    }
+}

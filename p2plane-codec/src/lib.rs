@@ -1,0 +1,33 @@
+//! CBOR encoding, length-prefixed framing and the response envelope: the bytes P2PLane puts
+//! on the wire. `docs/wire.md` in the repository describes them for other implementations.
+//!
+//! - [`CborCodec`]: the default [`Codec`], on ciborium, with a maximum message size.
+//! - [`read_frame`] / [`FrameBuf`]: one frame is an unsigned-varint length followed by that
+//!   many bytes. The length is checked against the limit before anything is allocated, and
+//!   the buffer grows only as bytes actually arrive.
+//! - [`Envelope`]: what a response frame holds: `Ok(body)`, `Rejected`, `Busy` or `Failed`.
+//!
+//! ```
+//! use p2plane_codec::{CborCodec, Envelope, FrameBuf, read_frame};
+//! use p2plane_core::Codec;
+//!
+//! # futures::executor::block_on(async {
+//! let codec = CborCodec::new(1024);
+//! let frame = FrameBuf::encode(&codec, &Envelope::Ok("hello"))?;
+//!
+//! let mut wire: &[u8] = frame.as_bytes();
+//! let bytes = read_frame(&mut wire, codec.max_message_size()).await?;
+//! let reply: Envelope<String> = codec.decode(&bytes)?;
+//! assert_eq!(reply, Envelope::Ok("hello".to_string()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod cbor;
+mod envelope;
+mod frame;
+
+pub use cbor::{CborCodec, DEFAULT_MAX_MESSAGE_SIZE};
+pub use envelope::Envelope;
+pub use frame::{FrameBuf, FrameError, MAX_VARINT_LEN, read_frame};
+pub use p2plane_core::{Codec, CodecError};

@@ -1,0 +1,28 @@
+//! Identity keys and libp2p transports for P2PLane.
+//!
+//! - [`identity`]: generate a node key, or load it from (and create) a key file that only its
+//!   owner can read, so a restarted node keeps its [`PeerId`](libp2p::PeerId).
+//! - [`build_swarm`]: a libp2p `Swarm` that speaks TCP+Noise+Yamux, QUIC and the in-process
+//!   memory transport, so one node dials `/ip4/../tcp/..`, `/ip4/../udp/../quic-v1` and
+//!   `/memory/..` addresses alike.
+//! - [`Limits`]: connection limits, as a behaviour to put in the swarm.
+//!
+//! ```
+//! use p2plane_transport::{TransportConfig, build_swarm, identity};
+//! use libp2p::swarm::dummy;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = identity::generate();
+//! let mut swarm = build_swarm(key, &TransportConfig::default(), |_| dummy::Behaviour)?;
+//! swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod identity;
+mod swarm;
+
+pub use identity::IdentityError;
+pub use libp2p;
+pub use swarm::{Limits, TransportConfig, TransportError, build_swarm};

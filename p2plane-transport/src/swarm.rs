@@ -1,0 +1,150 @@
+use std::time::Duration;
+
+use libp2p::{
+    Swarm, SwarmBuilder, Transport as _,
+    connection_limits::{self, ConnectionLimits},
+    core::{transport::MemoryTransport, upgrade::Version},
+    identity::Keypair,
+    noise,
+    swarm::NetworkBehaviour,
+    tcp, yamux,
+};
+
+/// Why a swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A transport could not be set up (for example, the Noise key could not be derived).
+    #[error("transport setup failed: {0}")]
+    Setup(String),
+}
+
+/// Transport settings shared by TCP, QUIC and memory connections.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// How long a connection with no open streams stays up. Default 60 s.
+    pub idle_connection_timeout: Duration,
+    /// The deadline for setting up a connection (transport, security, multiplexer).
+    /// Default 10 s.
+    pub connection_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            idle_connection_timeout: Duration::from_secs(60),
+            connection_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connection limits; [`Limits::behaviour`] turns them into the behaviour that enforces them.
+///
+/// A connection over a limit is refused while it is set up (`DialError::Denied` or
+/// `ListenError::Denied` in libp2p's terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Established connections in total. Default 1024.
+    pub max_established: u32,
+    /// Established connections to one peer. Default 4.
+    pub max_established_per_peer: u32,
+    /// Incoming connections being set up. Default 128.
+    pub max_pending_incoming: u32,
+    /// Outgoing connections being set up. Default 128.
+    pub max_pending_outgoing: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_established: 1024,
+            max_established_per_peer: 4,
+            max_pending_incoming: 128,
+            max_pending_outgoing: 128,
+        }
+    }
+}
+
+impl Limits {
+    /// The behaviour that enforces these limits.
+    pub fn behaviour(&self) -> connection_limits::Behaviour {
+        connection_limits::Behaviour::new(
+            ConnectionLimits::default()
+                .with_max_established(Some(self.max_established))
+                .with_max_established_per_peer(Some(self.max_established_per_peer))
+                .with_max_pending_incoming(Some(self.max_pending_incoming))
+                .with_max_pending_outgoing(Some(self.max_pending_outgoing)),
+        )
+    }
+}
+
+/// Builds a swarm on the tokio runtime that speaks TCP+Noise+Yamux, QUIC (`/udp/../quic-v1`)
+/// and the in-process memory transport (`/memory/..`, Noise+Yamux as well).
+///
+/// `behaviour` receives the node's keypair and returns the swarm's behaviour.
+pub fn build_swarm<B: NetworkBehaviour>(
+    keypair: Keypair,
+    config: &TransportConfig,
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> Result<Swarm<B>, TransportError> {
+    let setup = |e: &dyn std::fmt::Display| TransportError::Setup(e.to_string());
+    let timeout = config.connection_timeout;
+    let tcp = tcp::Config::default().nodelay(true);
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp, noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_quic_config(|mut c| {
+            c.handshake_timeout = timeout;
+            c
+        })
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(timeout),
+            )
+        })
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| behaviour(key))
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::{futures::StreamExt as _, swarm::SwarmEvent};
+
+    #[tokio::test]
+    async fn listens_on_tcp_quic_and_memory() {
+        let mut swarm = build_swarm(
+            crate::identity::generate(),
+            &TransportConfig::default(),
+            |_| Limits::default().behaviour(),
+        )
+        .unwrap();
+        for addr in [
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "/memory/0",
+        ] {
+            swarm.listen_on(addr.parse().unwrap()).unwrap();
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                seen.push(address.to_string());
+            }
+        }
+        assert!(seen.iter().any(|a| a.contains("/tcp/")));
+        assert!(seen.iter().any(|a| a.contains("/quic-v1")));
+        assert!(seen.iter().any(|a| a.starts_with("/memory/")));
+    }
+}

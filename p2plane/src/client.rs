@@ -1,0 +1,196 @@
+use std::{
+    io,
+    marker::PhantomData,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::{AsyncWriteExt as _, future::BoxFuture};
+use libp2p::StreamProtocol;
+use p2plane_codec::{Envelope, FrameBuf, FrameError, read_frame};
+use p2plane_core::{Codec as _, CodecError, Error, PeerId, Protocol, Request};
+use tower_service::Service;
+
+use crate::{
+    node::{Shared, stream_protocol},
+    streams::OpenError,
+};
+
+/// Sends requests of protocol `P` to peers: a [`tower::Service`] from
+/// [`Request<P::Request>`](Request) to `P::Response`, so tower middleware wraps it.
+///
+/// Cheap to clone. Every call opens its own stream on the connection to the peer (dialing
+/// it if needed, from addresses the node has learned), writes one frame, and reads one. A
+/// request larger than the node's `max_message_size` fails with [`Error::TooLarge`] before
+/// anything is sent. Without a timeout layer, a call gives up after the node's
+/// `request_timeout`.
+pub struct Client<P: Protocol> {
+    shared: Arc<Shared>,
+    protocol: StreamProtocol,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> Clone for Client<P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            protocol: self.protocol.clone(),
+            _protocol: PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> std::fmt::Debug for Client<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("protocol", &P::NAME)
+            .finish()
+    }
+}
+
+impl<P: Protocol> Client<P> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            protocol: stream_protocol::<P>(),
+            _protocol: PhantomData,
+        }
+    }
+
+    /// Sends `body` to `peer` and waits for the answer: a shortcut for calling the service
+    /// with [`Request::for_protocol`].
+    pub async fn request(&self, peer: PeerId, body: P::Request) -> Result<P::Response, Error> {
+        call::<P>(
+            Arc::clone(&self.shared),
+            self.protocol.clone(),
+            Request::for_protocol::<P>(peer, body),
+        )
+        .await
+    }
+}
+
+impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
+    type Response = P::Response;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<P::Response, Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.shared.is_shut_down() {
+            return Poll::Ready(Err(Error::Shutdown));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<P::Request>) -> Self::Future {
+        Box::pin(call::<P>(
+            Arc::clone(&self.shared),
+            self.protocol.clone(),
+            request,
+        ))
+    }
+}
+
+async fn call<P: Protocol>(
+    shared: Arc<Shared>,
+    protocol: StreamProtocol,
+    request: Request<P::Request>,
+) -> Result<P::Response, Error> {
+    let peer = request.peer();
+    if shared.is_shut_down() {
+        return Err(Error::Shutdown);
+    }
+    // Encode first: a request that is too large fails here, before anything is sent.
+    let frame = FrameBuf::encode(&shared.codec, request.body())?;
+    let mut shutdown = shared.shutdown.clone();
+    let result = tokio::select! {
+        result = tokio::time::timeout(shared.config.request_timeout, exchange::<P>(&shared, protocol, peer, &frame)) => {
+            result.unwrap_or(Err(Error::Timeout { peer }))
+        }
+        _ = shutdown.wait_for(|down| *down) => Err(Error::Shutdown),
+    };
+    // A connection torn down by shutdown must read as shutdown, not as a network failure.
+    if result.is_err() && shared.is_shut_down() {
+        return Err(Error::Shutdown);
+    }
+    result
+}
+
+async fn exchange<P: Protocol>(
+    shared: &Shared,
+    protocol: StreamProtocol,
+    peer: PeerId,
+    frame: &FrameBuf,
+) -> Result<P::Response, Error> {
+    let mut stream = shared
+        .control
+        .open(peer, protocol.clone())
+        .await
+        .map_err(|e| match e {
+            OpenError::Unsupported => Error::UnsupportedProtocol {
+                peer,
+                protocol: protocol.to_string(),
+            },
+            OpenError::Dial(reason) => Error::Dial {
+                peer: Some(peer),
+                reason,
+            },
+            OpenError::Closed => Error::ConnectionClosed { peer },
+            OpenError::Timeout => Error::Timeout { peer },
+            OpenError::Io(e) => io_error(peer, e),
+        })?;
+    stream
+        .write_all(frame.as_bytes())
+        .await
+        .map_err(|e| io_error(peer, e))?;
+    stream.close().await.map_err(|e| io_error(peer, e))?;
+    let bytes = read_frame(&mut stream, shared.codec.max_message_size())
+        .await
+        .map_err(|e| match e {
+            FrameError::Io(e) => io_error(peer, e),
+            FrameError::Codec(CodecError::TooLarge { limit, len }) => Error::TooLarge {
+                limit,
+                len,
+                response: true,
+            },
+            FrameError::Codec(CodecError::Truncated {
+                expected: 0,
+                got: 0,
+            }) => Error::ConnectionClosed { peer },
+            FrameError::Codec(e) => Error::Protocol {
+                peer,
+                reason: e.to_string(),
+            },
+            other => Error::Protocol {
+                peer,
+                reason: other.to_string(),
+            },
+        })?;
+    let envelope: Envelope<P::Response> =
+        shared.codec.decode(&bytes).map_err(|e| Error::Protocol {
+            peer,
+            reason: e.to_string(),
+        })?;
+    match envelope {
+        Envelope::Ok(response) => Ok(response),
+        Envelope::Busy => Err(Error::Busy { peer }),
+        Envelope::Rejected(reason) => Err(Error::Rejected {
+            peer: Some(peer),
+            reason,
+        }),
+        Envelope::Failed(message) => Err(Error::Failed { peer, message }),
+    }
+}
+
+fn io_error(peer: PeerId, e: io::Error) -> Error {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
+            Error::ConnectionClosed { peer }
+        }
+        kind => Error::Io {
+            peer,
+            kind,
+            message: e.to_string(),
+        },
+    }
+}

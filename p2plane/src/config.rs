@@ -1,0 +1,133 @@
+use std::{path::PathBuf, time::Duration};
+
+use libp2p::identity::Keypair;
+use p2plane_codec::DEFAULT_MAX_MESSAGE_SIZE;
+use p2plane_core::Multiaddr;
+use p2plane_transport::{Limits, TransportConfig};
+
+/// Where a node's key comes from.
+#[derive(Debug, Clone, Default)]
+pub enum Identity {
+    /// A new random key each start (the `PeerId` changes on restart).
+    #[default]
+    Generate,
+    /// A key file, created with owner-only permissions if it does not exist. A restarted node
+    /// keeps its `PeerId`. A file other users can read is refused.
+    KeyFile(PathBuf),
+    /// A key the caller already has.
+    Keypair(Keypair),
+}
+
+/// How to start a node. Every field but the two addresses has a sensible default:
+///
+/// ```
+/// use p2plane::NodeConfig;
+///
+/// let config = NodeConfig {
+///     listen_addr: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+///     bootstrap_addr: None,
+///     ..Default::default()
+/// };
+/// ```
+///
+/// The listen address picks the transport: `/ip4/../tcp/..` (TCP with Noise and Yamux),
+/// `/ip4/../udp/../quic-v1` (QUIC) or `/memory/..` (in-process). A node dials all three
+/// kinds whatever it listens on.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where to listen. Default `/ip4/0.0.0.0/tcp/0` (all interfaces, a free port).
+    pub listen_addr: Multiaddr,
+    /// A peer to connect to at start.
+    pub bootstrap_addr: Option<Multiaddr>,
+    /// The node's key. Default: a new one.
+    pub identity: Identity,
+    /// The largest encoded request or response, in bytes. Default 4 MiB.
+    pub max_message_size: usize,
+    /// The longest a client call waits for its response when no timeout layer is set.
+    /// Default 30 s.
+    pub request_timeout: Duration,
+    /// The longest one inbound request may take, from reading it to writing the answer;
+    /// a slower exchange is dropped and reported. Default 30 s.
+    pub inbound_timeout: Duration,
+    /// Inbound requests handled at once per protocol; more are answered `Busy`. Default 256.
+    pub max_concurrent_inbound: usize,
+    /// Transport settings (connection timeouts).
+    pub transport: TransportConfig,
+    /// Connection limits.
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+            bootstrap_addr: None,
+            identity: Identity::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            request_timeout: Duration::from_secs(30),
+            inbound_timeout: Duration::from_secs(30),
+            max_concurrent_inbound: 256,
+            transport: TransportConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A config listening on `addr`, with defaults for the rest.
+    pub fn listen_on(addr: Multiaddr) -> Self {
+        Self {
+            listen_addr: addr,
+            ..Default::default()
+        }
+    }
+
+    /// Sets the bootstrap address.
+    #[must_use]
+    pub fn with_bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap_addr = Some(addr);
+        self
+    }
+
+    /// Uses (and creates if missing) the key file at `path`.
+    #[must_use]
+    pub fn with_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity = Identity::KeyFile(path.into());
+        self
+    }
+
+    /// Sets the largest encoded message, in bytes.
+    #[must_use]
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets the client's fallback deadline.
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the deadline of one inbound exchange.
+    #[must_use]
+    pub fn with_inbound_timeout(mut self, timeout: Duration) -> Self {
+        self.inbound_timeout = timeout;
+        self
+    }
+
+    /// Sets how many inbound requests per protocol are handled at once.
+    #[must_use]
+    pub fn with_max_concurrent_inbound(mut self, n: usize) -> Self {
+        self.max_concurrent_inbound = n.max(1);
+        self
+    }
+
+    /// Sets the connection limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}

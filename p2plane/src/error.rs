@@ -1,0 +1,31 @@
+use p2plane_core::Multiaddr;
+use p2plane_transport::{IdentityError, TransportError};
+
+/// Why a node could not start, or could not take on a protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The key file could not be used.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The transports could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The node could not listen on its address.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The protocol already has a handler on this node.
+    #[error("protocol {protocol} is already served")]
+    AlreadyServing {
+        /// The protocol.
+        protocol: &'static str,
+    },
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Shutdown,
+}

@@ -1,0 +1,108 @@
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures::Stream;
+use p2plane_core::{CodecError, Multiaddr, PeerId};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+/// Something that happened to a node. Subscribe with [`Node::events`](crate::Node::events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The node listens on a new address.
+    Listening {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// The first connection to a peer is up.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// The peer's address on that connection.
+        addr: Multiaddr,
+        /// Whether the peer dialed us.
+        inbound: bool,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A dial failed.
+    DialFailed {
+        /// The peer, when it was known.
+        peer: Option<PeerId>,
+        /// Why.
+        reason: String,
+    },
+    /// An inbound request could not be served.
+    InboundFailure {
+        /// The peer that sent it.
+        peer: PeerId,
+        /// The protocol it came on.
+        protocol: String,
+        /// What went wrong.
+        error: InboundError,
+    },
+}
+
+/// Why an inbound request could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// The request frame was malformed, truncated or too large.
+    #[error("bad request frame: {0}")]
+    Frame(CodecError),
+    /// The frame did not hold a valid request.
+    #[error("bad request: {0}")]
+    Decode(CodecError),
+    /// The stream failed.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The exchange took longer than the inbound timeout.
+    #[error("inbound request timed out")]
+    Timeout,
+    /// The node was at capacity and dropped the stream without answering.
+    #[error("dropped: at capacity")]
+    Overloaded,
+}
+
+/// A stream of a node's [`Event`]s, from the moment of subscription.
+///
+/// Events are kept in a bounded buffer (1024); a subscriber that falls behind skips the
+/// oldest ones, and [`Events::missed`] counts them.
+pub struct Events {
+    inner: BroadcastStream<Event>,
+    missed: u64,
+}
+
+impl Events {
+    pub(crate) fn new(rx: tokio::sync::broadcast::Receiver<Event>) -> Self {
+        Self {
+            inner: BroadcastStream::new(rx),
+            missed: 0,
+        }
+    }
+
+    /// How many events this subscriber skipped because it fell behind.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(event))) => return Poll::Ready(Some(event)),
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => self.missed += n,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The one task that owns the libp2p `Swarm`.
+
+use std::collections::HashMap;
+
+use futures::StreamExt as _;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, identify, ping,
+    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+};
+use p2plane_core::Error;
+use p2plane_transport::libp2p::connection_limits;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::{
+    event::{Event, InboundError},
+    streams::{self, StreamEvent},
+};
+
+/// The node's libp2p behaviour.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) streams: streams::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+}
+
+/// What handles ask of the event loop.
+pub(crate) enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, Error>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Shutdown,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    shutdown: watch::Sender<bool>,
+    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: broadcast::Sender<Event>,
+        shutdown: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            events,
+            shutdown,
+            pending_dials: HashMap::new(),
+        }
+    }
+
+    /// Runs until a `Shutdown` command or until every handle is dropped.
+    pub(crate) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        tracing::info!(peer = %self.swarm.local_peer_id(), "node shutting down");
+        // Tell pending calls and servers first, then close connections by dropping the swarm.
+        self.shutdown.send_replace(true);
+        for (_, reply) in self.pending_dials.drain() {
+            let _ = reply.send(Err(Error::Shutdown));
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { addr, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(addr).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dial {
+                            peer: None,
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit(Event::Listening { addr: address });
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if num_established.get() == 1 {
+                    tracing::debug!(peer = %peer_id, "connected");
+                    self.emit(Event::PeerConnected {
+                        peer: peer_id,
+                        addr: endpoint.get_remote_address().clone(),
+                        inbound: endpoint.is_listener(),
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+                self.emit(Event::PeerDisconnected { peer: peer_id });
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let reason = error.to_string();
+                tracing::debug!(?peer_id, %reason, "dial failed");
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(Error::Dial {
+                        peer: peer_id,
+                        reason: reason.clone(),
+                    }));
+                }
+                self.emit(Event::DialFailed {
+                    peer: peer_id,
+                    reason,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Streams(StreamEvent::InboundDropped {
+                peer,
+                protocol,
+            })) => {
+                self.emit(Event::InboundFailure {
+                    peer,
+                    protocol: protocol.to_string(),
+                    error: InboundError::Overloaded,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified");
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! P2PLane: join a peer-to-peer network in a few lines, then talk to peers with typed
+//! messages.
+//!
+//! A [`Node`] owns a libp2p swarm (TCP+Noise+Yamux, QUIC, or in-process memory
+//! connections, with identify and ping) in a task of its own. Its handles are cheap to
+//! clone: [`Node::client`] gives a [`Client`], a [`tower::Service`] that sends typed
+//! requests; [`Node::serve`] installs a handler, itself any `tower::Service`.
+//!
+//! ```
+//! use p2plane::{Message, Node, NodeConfig, Request, service_fn};
+//! use serde::{Deserialize, Serialize};
+//! use std::convert::Infallible;
+//! use tower::{Service, ServiceExt};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! struct MyMessage(String);
+//!
+//! impl Message for MyMessage {
+//!     const PROTOCOL: &'static str = "/my-app/1.0.0";
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = || NodeConfig { listen_addr: "/ip4/127.0.0.1/tcp/0".parse().unwrap(), ..Default::default() };
+//! let server = Node::<MyMessage>::new(config()).await?;
+//! server.serve(service_fn(|req: Request<MyMessage>| async move {
+//!     Ok::<_, Infallible>(MyMessage(format!("you said {}", req.body().0)))
+//! }))?;
+//!
+//! let node = Node::<MyMessage>::new(config()).await?;
+//! let peer = node.dial(server.listen_addrs().await?[0].clone()).await?;
+//! let mut client = node.client();
+//! let reply = client.ready().await?.call(Request::new(peer, MyMessage("hi".into()))).await?;
+//! assert_eq!(reply.0, "you said hi");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Crates: [`p2plane_core`] (vocabulary), [`p2plane_codec`] (wire format),
+//! [`p2plane_transport`] (keys and transports), [`p2plane_peers`] (peer stores); this
+//! crate re-exports what an application needs.
+
+mod client;
+mod config;
+mod error;
+mod event;
+mod event_loop;
+mod node;
+mod server;
+mod streams;
+
+pub use client::Client;
+pub use config::{Identity, NodeConfig};
+pub use error::NodeError;
+pub use event::{Event, Events, InboundError};
+pub use node::Node;
+pub use p2plane_codec as codec;
+pub use p2plane_core::{
+    self as core, Codec, CodecError, Error, Message, Multiaddr, PeerId, PeerStore, Protocol,
+    Request,
+};
+pub use p2plane_peers as peers;
+pub use p2plane_transport::{self as transport, Limits, TransportConfig};
+pub use tower::{self, BoxError, service_fn};
+
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,315 @@
+use std::{marker::PhantomData, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use libp2p::{StreamProtocol, identify, ping, swarm::SwarmEvent};
+use p2plane_codec::CborCodec;
+use p2plane_core::{Error, Multiaddr, PeerId, Protocol, Request, is_valid_protocol_name};
+use p2plane_transport::{build_swarm, identity};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tower::BoxError;
+use tower_service::Service;
+
+use crate::{
+    Client, Identity, NodeConfig, NodeError,
+    event::{Event, Events},
+    event_loop::{Behaviour, Command, EventLoop},
+    server::{self, ServerContext},
+    streams,
+};
+
+/// How many commands may queue for the event loop before callers wait.
+const COMMAND_QUEUE: usize = 256;
+/// How many events are buffered for subscribers.
+const EVENT_BUFFER: usize = 1024;
+/// How long `Node::new` waits for its listener to come up.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The protocol version identify announces.
+const IDENTIFY_PROTOCOL: &str = "/p2plane/0.1.0";
+
+/// What every handle shares. When the last handle is dropped, the command channel closes
+/// and the event loop shuts the node down.
+pub(crate) struct Shared {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) control: streams::Control,
+    pub(crate) codec: CborCodec,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) local_peer_id: PeerId,
+    pub(crate) config: NodeConfig,
+}
+
+impl Shared {
+    pub(crate) fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// A running P2PLane node, speaking protocol `P` (a [`Message`](crate::Message) or a
+/// [`Protocol`]), and able to take on more protocols.
+///
+/// `Node` is a cheap, cloneable handle. One task, the event loop, owns the libp2p swarm; the
+/// handles talk to it over bounded channels. Requests do not pass through the event loop:
+/// each opens its own stream straight on the connection. The node shuts down on
+/// [`Node::shutdown`] or when the last handle ([`Node`] or [`Client`]) is dropped; calls
+/// still pending then fail with [`Error::Shutdown`].
+///
+/// ```
+/// use p2plane::{Message, Node, NodeConfig, Request, service_fn};
+/// use serde::{Deserialize, Serialize};
+/// use std::convert::Infallible;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// struct Echo(String);
+/// impl Message for Echo {
+///     const PROTOCOL: &'static str = "/echo/1.0.0";
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = || NodeConfig::listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+/// let server = Node::<Echo>::new(config()).await?;
+/// server.serve(service_fn(|req: Request<Echo>| async move { Ok::<_, Infallible>(req.into_body()) }))?;
+///
+/// let client = Node::<Echo>::new(config()).await?;
+/// let peer = client.dial(server.listen_addrs().await?[0].clone()).await?;
+/// let reply = client.client().request(peer, Echo("hi".into())).await?;
+/// assert_eq!(reply, Echo("hi".into()));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Node<P: Protocol> {
+    shared: Arc<Shared>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> Clone for Node<P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _protocol: PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> std::fmt::Debug for Node<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.shared.local_peer_id)
+            .field("protocol", &P::NAME)
+            .finish()
+    }
+}
+
+/// The libp2p name of protocol `Q`, checked when the program is compiled: a protocol whose
+/// name does not start with `/` fails the build here instead of panicking at run time.
+pub(crate) fn stream_protocol<Q: Protocol>() -> StreamProtocol {
+    struct Check<Q>(PhantomData<Q>);
+    impl<Q: Protocol> Check<Q> {
+        const VALID: () = assert!(
+            is_valid_protocol_name(Q::NAME),
+            "a protocol name must start with '/'"
+        );
+    }
+    let () = Check::<Q>::VALID;
+    StreamProtocol::new(Q::NAME)
+}
+
+impl<P: Protocol> Node<P> {
+    /// Starts a node: loads or makes its key, listens on `config.listen_addr` (returning once
+    /// the listener is up, so [`Node::listen_addrs`] holds the real port) and dials the
+    /// bootstrap address if there is one.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn new(config: NodeConfig) -> Result<Self, NodeError> {
+        stream_protocol::<P>();
+        let keypair = match &config.identity {
+            Identity::Generate => identity::generate(),
+            Identity::KeyFile(path) => identity::load_or_create(path)?,
+            Identity::Keypair(k) => k.clone(),
+        };
+        let local_peer_id = keypair.public().to_peer_id();
+        let streams = streams::Behaviour::new();
+        let control = streams.control();
+        let limits = config.limits.behaviour();
+        let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
+            limits,
+            streams,
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                    .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::default(),
+        })?;
+
+        let listen_error = |reason: String| NodeError::Listen {
+            addr: config.listen_addr.clone(),
+            reason,
+        };
+        let listener = swarm
+            .listen_on(config.listen_addr.clone())
+            .map_err(|e| listen_error(e.to_string()))?;
+        let first_addr = tokio::time::timeout(LISTEN_TIMEOUT, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr {
+                        listener_id,
+                        address,
+                    } if listener_id == listener => {
+                        return Ok(address);
+                    }
+                    SwarmEvent::ListenerClosed {
+                        listener_id,
+                        reason,
+                        ..
+                    } if listener_id == listener => {
+                        return Err(listen_error(match reason {
+                            Ok(()) => "listener closed".to_owned(),
+                            Err(e) => e.to_string(),
+                        }));
+                    }
+                    SwarmEvent::ListenerError { listener_id, error } if listener_id == listener => {
+                        return Err(listen_error(error.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| listen_error("timed out waiting for the listener".to_owned()))??;
+        tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
+
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        if let Some(addr) = &config.bootstrap_addr {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                let _ = events.send(Event::DialFailed {
+                    peer: None,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        tokio::spawn(EventLoop::new(swarm, commands_rx, events.clone(), shutdown_tx).run());
+
+        let codec = CborCodec::new(config.max_message_size);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                commands: commands_tx,
+                control,
+                codec,
+                events,
+                shutdown: shutdown_rx,
+                local_peer_id,
+                config,
+            }),
+            _protocol: PhantomData,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.local_peer_id
+    }
+
+    /// A client for the node's protocol `P`: a [`tower::Service`] taking
+    /// [`Request<P::Request>`](Request) and answering `P::Response`.
+    pub fn client(&self) -> Client<P> {
+        self.client_for::<P>()
+    }
+
+    /// A client for another protocol `Q` on the same node (and its connections).
+    pub fn client_for<Q: Protocol>(&self) -> Client<Q> {
+        Client::new(Arc::clone(&self.shared))
+    }
+
+    /// Serves protocol `P` with `handler`: any [`tower::Service`] from [`Request<P::Request>`]
+    /// to `P::Response`, such as a closure wrapped in [`service_fn`](crate::service_fn).
+    ///
+    /// Each inbound request runs in its own task, at most
+    /// [`max_concurrent_inbound`](NodeConfig::max_concurrent_inbound) at once; beyond that
+    /// the caller is answered `Busy`. A handler error reaches the caller as
+    /// [`Error::Failed`], except [`Error::Rejected`] and [`Error::Busy`], which travel as
+    /// themselves (so validation middleware can reject).
+    ///
+    /// Until a protocol is served, peers asking for it get
+    /// [`Error::UnsupportedProtocol`].
+    pub fn serve<H>(&self, handler: H) -> Result<(), NodeError>
+    where
+        H: Service<Request<P::Request>, Response = P::Response> + Clone + Send + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
+        self.serve_protocol::<P, H>(handler)
+    }
+
+    /// Serves another protocol `Q` with `handler`; see [`Node::serve`].
+    pub fn serve_protocol<Q, H>(&self, handler: H) -> Result<(), NodeError>
+    where
+        Q: Protocol,
+        H: Service<Request<Q::Request>, Response = Q::Response> + Clone + Send + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
+        if self.shared.is_shut_down() {
+            return Err(NodeError::Shutdown);
+        }
+        let protocol = stream_protocol::<Q>();
+        let limit = self.shared.config.max_concurrent_inbound;
+        let inbound = self
+            .shared
+            .control
+            .accept(protocol, limit)
+            .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
+        let context = ServerContext {
+            codec: self.shared.codec,
+            events: self.shared.events.clone(),
+            shutdown: self.shared.shutdown.clone(),
+            timeout: self.shared.config.inbound_timeout,
+            max_concurrent: limit,
+        };
+        tokio::spawn(server::run::<Q, H>(context, inbound, handler));
+        Ok(())
+    }
+
+    /// Subscribes to the node's events from now on.
+    pub fn events(&self) -> Events {
+        Events::new(self.shared.events.subscribe())
+    }
+
+    /// Connects to `addr` and returns the peer's id once the connection is up.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Dial { addr, reply }).await?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// The peers with at least one open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// The addresses the node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::ListenAddrs { reply }).await?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Shuts the node down and waits until it has: connections close, servers stop, and
+    /// pending calls on every handle fail with [`Error::Shutdown`].
+    pub async fn shutdown(&self) {
+        let _ = self.shared.commands.send(Command::Shutdown).await;
+        let mut shutdown = self.shared.shutdown.clone();
+        let _ = shutdown.wait_for(|done| *done).await;
+    }
+
+    async fn command(&self, command: Command) -> Result<(), Error> {
+        self.shared
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+}
