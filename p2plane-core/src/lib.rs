@@ -38,7 +38,7 @@ mod request;
 pub use codec::{Codec, CodecError};
 pub use error::Error;
 pub use libp2p_identity::PeerId;
-pub use message::{Message, Payload, Protocol, is_valid_protocol_name};
+pub use message::{Message, Payload, Protocol, Validate, is_valid_protocol_name};
 pub use multiaddr::Multiaddr;
 pub use peer_store::PeerStore;
 pub use request::Request;

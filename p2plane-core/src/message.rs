@@ -41,6 +41,28 @@ pub trait Message: Payload {
     fn protocol_id(&self) -> &'static str {
         Self::PROTOCOL
     }
+
+    /// Checks the value before it is sent or handled, when a validation layer is in the
+    /// stack. The default accepts everything; override it to refuse bad values with a
+    /// reason.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A value that can check itself: what a validation layer runs on a request body.
+///
+/// Every [`Message`] is `Validate` through [`Message::validate`]; implement it directly for
+/// the request types of a [`Protocol`].
+pub trait Validate {
+    /// `Ok` when the value may be sent or handled, otherwise the reason it may not.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl<M: Message> Validate for M {
+    fn validate(&self) -> Result<(), String> {
+        Message::validate(self)
+    }
 }
 
 /// A request/response protocol whose request and response types differ.

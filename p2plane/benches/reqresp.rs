@@ -1,1 +1,428 @@
-fn main() {}
+//! Request/response benchmark: P2PLane against stock rust-libp2p `request_response::cbor`
+//! (on the very same TCP+Noise+Yamux and QUIC transports) and against raw TCP, in one run.
+//!
+//! ```sh
+//! cargo bench -p p2plane --bench reqresp             # 5 interleaved rounds, medians
+//! cargo bench -p p2plane --bench reqresp -- --quick  # 1 round, fewer requests
+//! ```
+//!
+//! Prints one JSON object per row on stdout (`{"transport":..,"metric":..,"p2plane":..,
+//! "stock":..,"ratio":..,"raw_tcp":..}`), then a table. `ratio` is p2plane / stock; for
+//! requests/s and MB/s higher is better, for latencies lower is better.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt as _, stream};
+use libp2p::{
+    StreamProtocol,
+    request_response::{self, ProtocolSupport, cbor},
+    swarm::SwarmEvent,
+};
+use p2plane::{
+    Client, Message, Multiaddr, Node, NodeConfig, PeerId, Request, service_fn,
+    transport::{TransportConfig, build_swarm, identity},
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc, oneshot},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Msg {
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+impl Message for Msg {
+    const PROTOCOL: &'static str = "/p2plane-bench/1.0.0";
+}
+
+const MAX: usize = 8 * 1024 * 1024;
+const SMALL: usize = 64;
+const LARGE: usize = 1024 * 1024;
+
+/// The server's rule, the same for every system: echo small messages, acknowledge large ones.
+fn reply(m: Msg) -> Msg {
+    if m.data.len() > 1024 {
+        Msg {
+            seq: m.seq,
+            data: Vec::new(),
+        }
+    } else {
+        m
+    }
+}
+
+fn msg(seq: u64, size: usize) -> Msg {
+    Msg {
+        seq,
+        data: vec![(seq % 251) as u8; size],
+    }
+}
+
+/// A way to send one request and wait for its answer.
+#[derive(Clone)]
+enum Caller {
+    P2plane(Client<Msg>, PeerId),
+    Stock(mpsc::Sender<(Msg, oneshot::Sender<Msg>)>),
+}
+
+impl Caller {
+    async fn call(&self, m: Msg) -> Msg {
+        match self {
+            Caller::P2plane(client, peer) => {
+                client.request(*peer, m).await.expect("p2plane request")
+            }
+            Caller::Stock(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send((m, reply)).await.expect("stock driver alive");
+                rx.await.expect("stock request")
+            }
+        }
+    }
+}
+
+async fn p2plane_pair(listen: &str) -> (Caller, Vec<Node<Msg>>) {
+    let config = || NodeConfig::listen_on(listen.parse().unwrap()).with_max_message_size(MAX);
+    let server = Node::<Msg>::new(config()).await.unwrap();
+    server
+        .serve(service_fn(|r: Request<Msg>| async move {
+            Ok::<_, Infallible>(reply(r.into_body()))
+        }))
+        .unwrap();
+    let client = Node::<Msg>::new(config()).await.unwrap();
+    let peer = client
+        .dial(server.listen_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    (Caller::P2plane(client.client(), peer), vec![server, client])
+}
+
+type StockSwarm = libp2p::Swarm<cbor::Behaviour<Msg, Msg>>;
+
+fn stock_swarm() -> StockSwarm {
+    build_swarm(identity::generate(), &TransportConfig::default(), |_| {
+        let codec = cbor::codec::Codec::default()
+            .set_request_size_maximum(MAX as u64)
+            .set_response_size_maximum(MAX as u64);
+        cbor::Behaviour::with_codec(
+            codec,
+            [(
+                StreamProtocol::new("/stock-bench/1.0.0"),
+                ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_max_concurrent_streams(256),
+        )
+    })
+    .unwrap()
+}
+
+/// A stock server and a stock client, each driven by its own task as the rust-libp2p
+/// examples do (commands in over a channel, replies matched by request id).
+async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) {
+    let mut server = stock_swarm();
+    server.listen_on(listen.parse().unwrap()).unwrap();
+    let addr: Multiaddr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_task = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) = server.select_next_some().await
+            {
+                let _ = server
+                    .behaviour_mut()
+                    .send_response(channel, reply(request));
+            }
+        }
+    });
+    let mut client = stock_swarm();
+    client.dial(addr).unwrap();
+    let peer = loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {
+            break peer_id;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<(Msg, oneshot::Sender<Msg>)>(256);
+    let client_task = tokio::spawn(async move {
+        let mut pending = HashMap::new();
+        loop {
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some((m, reply)) => { pending.insert(client.behaviour_mut().send_request(&peer, m), reply); }
+                    None => return,
+                },
+                event = client.select_next_some() => match event {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response }, ..
+                    }) => { if let Some(r) = pending.remove(&request_id) { let _ = r.send(response); } }
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => panic!("stock request failed: {error}"),
+                    _ => {}
+                },
+            }
+        }
+    });
+    (Caller::Stock(tx), vec![server_task, client_task])
+}
+
+/// Process CPU time (user + system) in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+struct Sample {
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    rps_64: f64,
+    cpu_us_per_req: f64,
+    mb_s_1mib: f64,
+}
+
+struct Counts {
+    sequential: u64,
+    in_flight_total: u64,
+    large: u64,
+}
+
+async fn measure(caller: &Caller, n: &Counts) -> Sample {
+    // Warm up.
+    for i in 0..50 {
+        caller.call(msg(i, SMALL)).await;
+    }
+    let mut rtts = Vec::with_capacity(n.sequential as usize);
+    for i in 0..n.sequential {
+        let t = Instant::now();
+        let r = caller.call(msg(i, SMALL)).await;
+        rtts.push(t.elapsed());
+        assert_eq!(r.seq, i);
+    }
+    rtts.sort();
+    let pct =
+        |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)].as_secs_f64() * 1e6;
+
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let done = stream::iter(0..n.in_flight_total)
+        .map(|i| {
+            let c = caller.clone();
+            async move { c.call(msg(i, SMALL)).await }
+        })
+        .buffer_unordered(64)
+        .count()
+        .await;
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(done as u64, n.in_flight_total);
+
+    let t = Instant::now();
+    for i in 0..n.large {
+        caller.call(msg(i, LARGE)).await;
+    }
+    let large_elapsed = t.elapsed().as_secs_f64();
+
+    Sample {
+        rtt_p50_us: pct(0.50),
+        rtt_p99_us: pct(0.99),
+        rps_64: n.in_flight_total as f64 / elapsed,
+        cpu_us_per_req: cpu / n.in_flight_total as f64 * 1e6,
+        mb_s_1mib: (n.large as f64 * LARGE as f64) / large_elapsed / 1e6,
+    }
+}
+
+/// Raw TCP on loopback, length-prefixed frames, same request sizes: the ceiling.
+async fn raw_tcp(n: &Counts) -> Sample {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        sock.set_nodelay(true).unwrap();
+        let (mut r, mut w) = sock.into_split();
+        let mut buf = Vec::new();
+        loop {
+            let Ok(len) = r.read_u32().await else { return };
+            buf.resize(len as usize, 0);
+            r.read_exact(&mut buf).await.unwrap();
+            let answer: &[u8] = if len > 1024 { &[] } else { &buf };
+            w.write_u32(answer.len() as u32).await.unwrap();
+            w.write_all(answer).await.unwrap();
+        }
+    });
+    let sock = TcpStream::connect(addr).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    let (mut r, mut w) = sock.into_split();
+    let small = vec![7u8; SMALL];
+    let frame = |payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let small_frame = frame(&small);
+    let mut buf = Vec::new();
+    let mut rtts = Vec::new();
+    for _ in 0..n.sequential {
+        let t = Instant::now();
+        w.write_all(&small_frame).await.unwrap();
+        let len = r.read_u32().await.unwrap();
+        buf.resize(len as usize, 0);
+        r.read_exact(&mut buf).await.unwrap();
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    let pct =
+        |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)].as_secs_f64() * 1e6;
+    // 64 in flight: a window of 64 outstanding requests, answered in order.
+    let window = std::sync::Arc::new(Semaphore::new(64));
+    let total = n.in_flight_total;
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let writer = {
+        let window = window.clone();
+        let small_frame = small_frame.clone();
+        tokio::spawn(async move {
+            for _ in 0..total {
+                window.acquire().await.unwrap().forget();
+                w.write_all(&small_frame).await.unwrap();
+            }
+            w
+        })
+    };
+    for _ in 0..total {
+        let len = r.read_u32().await.unwrap();
+        buf.resize(len as usize, 0);
+        r.read_exact(&mut buf).await.unwrap();
+        window.add_permits(1);
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let mut w = writer.await.unwrap();
+    let large_frame = frame(&vec![1u8; LARGE]);
+    let t = Instant::now();
+    for _ in 0..n.large {
+        w.write_all(&large_frame).await.unwrap();
+        let len = r.read_u32().await.unwrap();
+        buf.resize(len as usize, 0);
+        r.read_exact(&mut buf).await.unwrap();
+    }
+    let large_elapsed = t.elapsed().as_secs_f64();
+    Sample {
+        rtt_p50_us: pct(0.5),
+        rtt_p99_us: pct(0.99),
+        rps_64: total as f64 / elapsed,
+        cpu_us_per_req: cpu / total as f64 * 1e6,
+        mb_s_1mib: (n.large as f64 * LARGE as f64) / large_elapsed / 1e6,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 1 } else { 5 };
+    let counts = if quick {
+        Counts {
+            sequential: 300,
+            in_flight_total: 3_000,
+            large: 10,
+        }
+    } else {
+        Counts {
+            sequential: 2_000,
+            in_flight_total: 20_000,
+            large: 50,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut rows = Vec::new();
+        let raw: Vec<Sample> = {
+            let mut v = Vec::new();
+            for _ in 0..rounds {
+                v.push(raw_tcp(&counts).await);
+            }
+            v
+        };
+        for (transport, listen) in [("tcp", "/ip4/127.0.0.1/tcp/0"), ("quic", "/ip4/127.0.0.1/udp/0/quic-v1")] {
+            let (mut ours, mut stock) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                // Interleaved, each on fresh connections.
+                let (caller, tasks) = stock_pair(listen).await;
+                stock.push(measure(&caller, &counts).await);
+                drop(caller);
+                tasks.into_iter().for_each(|t| t.abort());
+                let (caller, nodes) = p2plane_pair(listen).await;
+                ours.push(measure(&caller, &counts).await);
+                for n in nodes {
+                    n.shutdown().await;
+                }
+            }
+            type Metric = (&'static str, fn(&Sample) -> f64);
+            let metrics: [Metric; 5] = [
+                ("rtt_p50_us", |s| s.rtt_p50_us),
+                ("rtt_p99_us", |s| s.rtt_p99_us),
+                ("req_per_s_64_in_flight", |s| s.rps_64),
+                ("cpu_us_per_req", |s| s.cpu_us_per_req),
+                ("mb_per_s_1mib", |s| s.mb_s_1mib),
+            ];
+            for (name, get) in metrics {
+                let o = median(ours.iter().map(get).collect());
+                let s = median(stock.iter().map(get).collect());
+                let r = median(raw.iter().map(get).collect());
+                rows.push((transport, name, o, s, r));
+            }
+        }
+        for (transport, metric, o, s, r) in &rows {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "transport": transport, "metric": metric, "p2plane": round(*o), "stock": round(*s),
+                    "ratio": round(o / s), "raw_tcp": round(*r), "rounds": rounds,
+                })
+            );
+        }
+        println!();
+        println!("| transport | metric | p2plane | stock libp2p | p2plane/stock | raw TCP |");
+        println!("|---|---|---:|---:|---:|---:|");
+        for (transport, metric, o, s, r) in &rows {
+            println!("| {transport} | {metric} | {o:.1} | {s:.1} | {:.2} | {r:.1} |", o / s);
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

@@ -45,6 +45,7 @@ mod config;
 mod error;
 mod event;
 mod event_loop;
+pub mod layer;
 mod node;
 mod server;
 mod streams;
@@ -53,11 +54,12 @@ pub use client::Client;
 pub use config::{Identity, NodeConfig};
 pub use error::NodeError;
 pub use event::{Event, Events, InboundError};
+pub use layer::{RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer};
 pub use node::Node;
 pub use p2plane_codec as codec;
 pub use p2plane_core::{
     self as core, Codec, CodecError, Error, Message, Multiaddr, PeerId, PeerStore, Protocol,
-    Request,
+    Request, Validate,
 };
 pub use p2plane_peers as peers;
 pub use p2plane_transport::{self as transport, Limits, TransportConfig};

@@ -179,13 +179,13 @@ impl<P: Protocol> Node<P> {
         tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
 
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        if let Some(addr) = &config.bootstrap_addr {
-            if let Err(e) = swarm.dial(addr.clone()) {
-                let _ = events.send(Event::DialFailed {
-                    peer: None,
-                    reason: e.to_string(),
-                });
-            }
+        if let Some(addr) = &config.bootstrap_addr
+            && let Err(e) = swarm.dial(addr.clone())
+        {
+            let _ = events.send(Event::DialFailed {
+                peer: None,
+                reason: e.to_string(),
+            });
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -67,7 +67,8 @@ impl ConnectionHandler for Handler {
         }
         loop {
             match self.requests.poll_recv(cx) {
-                Poll::Ready(Some(req)) if req.reply.is_closed() => continue, // caller gave up
+                // The caller gave up: skip it.
+                Poll::Ready(Some(req)) if req.reply.is_closed() => {}
                 Poll::Ready(Some(NewStream { protocol, reply })) => {
                     return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                         protocol: SubstreamProtocol::new(Upgrade(vec![protocol]), reply),

@@ -72,10 +72,10 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 impl Shared {
     /// The channel to open a stream to `peer`, and whether a dial must be started.
     fn sender_for(&mut self, peer: PeerId) -> (mpsc::Sender<NewStream>, bool) {
-        if let Some(id) = self.by_peer.get(&peer).and_then(|ids| ids.first()) {
-            if let Some((_, tx)) = self.connections.get(id) {
-                return (tx.clone(), false);
-            }
+        if let Some(id) = self.by_peer.get(&peer).and_then(|ids| ids.first())
+            && let Some((_, tx)) = self.connections.get(id)
+        {
+            return (tx.clone(), false);
         }
         let fresh = !self.pending.contains_key(&peer);
         let (tx, _) = self
@@ -96,12 +96,12 @@ impl Shared {
     }
 
     fn on_connection_gone(&mut self, id: ConnectionId) {
-        if let Some((peer, _)) = self.connections.remove(&id) {
-            if let Some(ids) = self.by_peer.get_mut(&peer) {
-                ids.retain(|c| *c != id);
-                if ids.is_empty() {
-                    self.by_peer.remove(&peer);
-                }
+        if let Some((peer, _)) = self.connections.remove(&id)
+            && let Some(ids) = self.by_peer.get_mut(&peer)
+        {
+            ids.retain(|c| *c != id);
+            if ids.is_empty() {
+                self.by_peer.remove(&peer);
             }
         }
     }

@@ -1,0 +1,192 @@
+//! A hostile peer, built on plain libp2p (libp2p-stream), opens raw streams on the node's
+//! protocol and writes bytes no P2PLane client would. Each must be refused with an
+//! inbound-failure event while the node stays up and keeps serving on the same connection.
+
+mod common;
+
+use common::*;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{StreamProtocol, swarm::SwarmEvent};
+use p2plane::{
+    CodecError, Event, InboundError, Message, PeerId,
+    codec::{CborCodec, Envelope, FrameBuf, read_frame},
+    transport::{TransportConfig, build_swarm, identity},
+};
+use p2plane_codec::Codec as _;
+
+/// What a case expects the node to report.
+type Expect = fn(&InboundError) -> bool;
+
+/// The node's default limit.
+const LIMIT: usize = p2plane::codec::DEFAULT_MAX_MESSAGE_SIZE;
+
+struct Attacker {
+    control: libp2p_stream::Control,
+    node: PeerId,
+}
+
+impl Attacker {
+    /// Connects to `addr`; the swarm is driven by a task of its own.
+    async fn connect(addr: p2plane::Multiaddr) -> Self {
+        let mut swarm = build_swarm(identity::generate(), &TransportConfig::default(), |_| {
+            libp2p_stream::Behaviour::new()
+        })
+        .unwrap();
+        let control = swarm.behaviour().new_control();
+        swarm.dial(addr).unwrap();
+        let node = within("attacker connection", async {
+            loop {
+                if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                    swarm.select_next_some().await
+                {
+                    return peer_id;
+                }
+            }
+        })
+        .await;
+        tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::ConnectionClosed { .. } = swarm.select_next_some().await {
+                    panic!("the node closed the attacker's connection");
+                }
+            }
+        });
+        Self { control, node }
+    }
+
+    /// Opens a stream on the echo protocol, writes `bytes`, closes the write side and
+    /// returns what the node answered (possibly nothing).
+    async fn send_raw(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let protocol = StreamProtocol::new(Echo::PROTOCOL);
+        let mut stream = self.control.open_stream(self.node, protocol).await.unwrap();
+        // The node may close the stream before all is written; that is fine.
+        let _ = stream.write_all(bytes).await;
+        let _ = stream.close().await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        answer
+    }
+}
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_oversized_and_trailing_junk_are_refused_and_the_node_keeps_serving() {
+    let node = echo_node(config(TCP)).await;
+    let mut events = node.events();
+    let mut attacker = Attacker::connect(first_addr(&node).await).await;
+    let codec = CborCodec::default();
+
+    let valid = FrameBuf::encode(&codec, &echo(7)).unwrap();
+    let mut payload_with_junk = Vec::new();
+    codec.encode(&echo(7), &mut payload_with_junk).unwrap();
+    payload_with_junk.extend_from_slice(b"junk");
+    let mut junk_frame = vec![payload_with_junk.len() as u8];
+    junk_frame.extend_from_slice(&payload_with_junk);
+
+    let rss_before = resident_kib();
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("garbage", vec![0x03, 0xff, 0xfe, 0xfd], |e| {
+            matches!(e, InboundError::Decode(CodecError::Decode(_)))
+        }),
+        (
+            "a truncated frame",
+            valid.as_bytes()[..valid.as_bytes().len() - 3].to_vec(),
+            |e| matches!(e, InboundError::Frame(CodecError::Truncated { .. })),
+        ),
+        // 4 GiB announced, then a few bytes.
+        (
+            "a 4 GiB length prefix",
+            vec![0x80, 0x80, 0x80, 0x80, 0x10, 1, 2, 3],
+            |e| {
+                matches!(
+                    e,
+                    InboundError::Frame(CodecError::TooLarge {
+                        len: 4294967296,
+                        ..
+                    })
+                )
+            },
+        ),
+        // Just under the limit announced, almost nothing sent.
+        (
+            "a large announced frame with little behind it",
+            {
+                let mut v = vec![0xff, 0xff, 0xff, 0x01]; // 4 MiB - 1
+                v.extend_from_slice(&[0; 16]);
+                v
+            },
+            |e| {
+                matches!(
+                    e,
+                    InboundError::Frame(CodecError::Truncated {
+                        expected: 4194303,
+                        got: 16
+                    })
+                )
+            },
+        ),
+        ("valid CBOR followed by junk", junk_frame, |e| {
+            matches!(
+                e,
+                InboundError::Decode(CodecError::TrailingBytes { extra: 4 })
+            )
+        }),
+        ("a malformed length prefix", vec![0xff; 12], |e| {
+            matches!(e, InboundError::Frame(CodecError::BadLength(_)))
+        }),
+        ("nothing at all", vec![], |e| {
+            matches!(e, InboundError::Frame(CodecError::Truncated { .. }))
+        }),
+    ];
+    for (what, bytes, expected) in cases {
+        let answer = attacker.send_raw(&bytes).await;
+        let error = wait_event(&mut events, what, |e| match e {
+            Event::InboundFailure {
+                peer,
+                protocol,
+                error,
+            } if *peer != node.local_peer_id() => {
+                assert_eq!(protocol, Echo::PROTOCOL);
+                Some(error.clone())
+            }
+            _ => None,
+        })
+        .await;
+        assert!(expected(&error), "{what}: unexpected {error:?}");
+        // Where the stream still worked, the node said why it refused.
+        if !answer.is_empty() {
+            let mut wire = &answer[..];
+            let reply: Envelope<Echo> = codec
+                .decode(&read_frame(&mut wire, LIMIT).await.unwrap())
+                .unwrap();
+            assert!(matches!(reply, Envelope::Rejected(_)), "{what}: {reply:?}");
+        }
+
+        // The next honest request on the same connection succeeds.
+        let answer = attacker.send_raw(valid.as_bytes()).await;
+        let mut wire = &answer[..];
+        let reply: Envelope<Echo> = codec
+            .decode(&read_frame(&mut wire, LIMIT).await.unwrap())
+            .unwrap();
+        assert_eq!(reply, Envelope::Ok(answer_for_node(&node)), "after {what}");
+    }
+    // Memory did not follow the announced 4 GiB (nor the 4 MiB), with a wide margin for
+    // the test's own allocations.
+    let grown_kib = resident_kib().saturating_sub(rss_before);
+    assert!(
+        grown_kib < 64 * 1024,
+        "resident memory grew by {grown_kib} KiB"
+    );
+}
+
+fn answer_for_node(node: &p2plane::Node<Echo>) -> Echo {
+    answer(&echo(7), node.local_peer_id())
+}
