@@ -28,6 +28,10 @@ pub struct TransportConfig {
     /// The deadline for setting up a connection (transport, security, multiplexer).
     /// Default 10 s.
     pub connection_timeout: Duration,
+    /// Negotiate outbound streams optimistically (multistream-select `V1Lazy`): the first
+    /// bytes of a request go out with the protocol proposal instead of a round trip later.
+    /// A peer that does not speak the protocol is then detected on the first read. Default on.
+    pub lazy_negotiation: bool,
 }
 
 impl Default for TransportConfig {
@@ -35,6 +39,7 @@ impl Default for TransportConfig {
         Self {
             idle_connection_timeout: Duration::from_secs(60),
             connection_timeout: Duration::from_secs(10),
+            lazy_negotiation: true,
         }
     }
 }
@@ -112,7 +117,14 @@ pub fn build_swarm<B: NetworkBehaviour>(
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| behaviour(key))
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .with_swarm_config(|c| {
+            let c = c.with_idle_connection_timeout(config.idle_connection_timeout);
+            if config.lazy_negotiation {
+                c.with_substream_upgrade_protocol_override(Version::V1Lazy)
+            } else {
+                c
+            }
+        })
         .build();
     Ok(swarm)
 }

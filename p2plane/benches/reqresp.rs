@@ -108,7 +108,10 @@ async fn p2plane_pair(listen: &str) -> (Caller, Vec<Node<Msg>>) {
 type StockSwarm = libp2p::Swarm<cbor::Behaviour<Msg, Msg>>;
 
 fn stock_swarm() -> StockSwarm {
-    build_swarm(identity::generate(), &TransportConfig::default(), |_| {
+    // The same transports as P2PLane's, with libp2p's default stream negotiation (V1).
+    let mut transport = TransportConfig::default();
+    transport.lazy_negotiation = false;
+    build_swarm(identity::generate(), &transport, |_| {
         let codec = cbor::codec::Codec::default()
             .set_request_size_maximum(MAX as u64)
             .set_response_size_maximum(MAX as u64);

@@ -6,7 +6,7 @@ use std::{
 };
 
 use futures::{AsyncWriteExt as _, future::BoxFuture};
-use libp2p::StreamProtocol;
+use libp2p::{StreamProtocol, core::upgrade::NegotiationError};
 use p2plane_codec::{Envelope, FrameBuf, FrameError, read_frame};
 use p2plane_core::{Codec as _, CodecError, Error, PeerId, Protocol, Request};
 use tower_service::Service;
@@ -121,32 +121,42 @@ async fn exchange<P: Protocol>(
     peer: PeerId,
     frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
+    let unsupported = || Error::UnsupportedProtocol {
+        peer,
+        protocol: protocol.to_string(),
+    };
+    // With optimistic negotiation, a peer that does not speak the protocol is detected on the
+    // first read or write rather than when the stream opens.
+    let stream_error = |e: io::Error| {
+        if is_negotiation_failure(&e) {
+            unsupported()
+        } else {
+            io_error(peer, e)
+        }
+    };
     let mut stream = shared
         .control
         .open(peer, protocol.clone())
         .await
         .map_err(|e| match e {
-            OpenError::Unsupported => Error::UnsupportedProtocol {
-                peer,
-                protocol: protocol.to_string(),
-            },
+            OpenError::Unsupported => unsupported(),
             OpenError::Dial(reason) => Error::Dial {
                 peer: Some(peer),
                 reason,
             },
             OpenError::Closed => Error::ConnectionClosed { peer },
             OpenError::Timeout => Error::Timeout { peer },
-            OpenError::Io(e) => io_error(peer, e),
+            OpenError::Io(e) => stream_error(e),
         })?;
     stream
         .write_all(frame.as_bytes())
         .await
-        .map_err(|e| io_error(peer, e))?;
-    stream.close().await.map_err(|e| io_error(peer, e))?;
+        .map_err(stream_error)?;
+    stream.close().await.map_err(stream_error)?;
     let bytes = read_frame(&mut stream, shared.codec.max_message_size())
         .await
         .map_err(|e| match e {
-            FrameError::Io(e) => io_error(peer, e),
+            FrameError::Io(e) => stream_error(e),
             FrameError::Codec(CodecError::TooLarge { limit, len }) => Error::TooLarge {
                 limit,
                 len,
@@ -156,10 +166,6 @@ async fn exchange<P: Protocol>(
                 expected: 0,
                 got: 0,
             }) => Error::ConnectionClosed { peer },
-            FrameError::Codec(e) => Error::Protocol {
-                peer,
-                reason: e.to_string(),
-            },
             other => Error::Protocol {
                 peer,
                 reason: other.to_string(),
@@ -179,6 +185,14 @@ async fn exchange<P: Protocol>(
         }),
         Envelope::Failed(message) => Err(Error::Failed { peer, message }),
     }
+}
+
+fn is_negotiation_failure(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<NegotiationError>()),
+        Some(NegotiationError::Failed)
+    )
 }
 
 fn io_error(peer: PeerId, e: io::Error) -> Error {

@@ -96,7 +96,7 @@ impl EventLoop {
                     Err(e) => {
                         let _ = reply.send(Err(Error::Dial {
                             peer: None,
-                            reason: e.to_string(),
+                            reason: error_chain(&e),
                         }));
                     }
                 }
@@ -154,7 +154,7 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                let reason = error.to_string();
+                let reason = error_chain(&error);
                 tracing::debug!(?peer_id, %reason, "dial failed");
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial {
@@ -187,4 +187,20 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// An error's text followed by the texts of its sources: libp2p's dial errors say little
+/// at the top ("Dial error") and the cause below.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }

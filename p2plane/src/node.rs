@@ -12,7 +12,7 @@ use tower_service::Service;
 use crate::{
     Client, Identity, NodeConfig, NodeError,
     event::{Event, Events},
-    event_loop::{Behaviour, Command, EventLoop},
+    event_loop::{Behaviour, Command, EventLoop, error_chain},
     server::{self, ServerContext},
     streams,
 };
@@ -147,7 +147,7 @@ impl<P: Protocol> Node<P> {
         };
         let listener = swarm
             .listen_on(config.listen_addr.clone())
-            .map_err(|e| listen_error(e.to_string()))?;
+            .map_err(|e| listen_error(error_chain(&e)))?;
         let first_addr = tokio::time::timeout(LISTEN_TIMEOUT, async {
             loop {
                 match swarm.select_next_some().await {
@@ -164,11 +164,11 @@ impl<P: Protocol> Node<P> {
                     } if listener_id == listener => {
                         return Err(listen_error(match reason {
                             Ok(()) => "listener closed".to_owned(),
-                            Err(e) => e.to_string(),
+                            Err(e) => error_chain(&e),
                         }));
                     }
                     SwarmEvent::ListenerError { listener_id, error } if listener_id == listener => {
-                        return Err(listen_error(error.to_string()));
+                        return Err(listen_error(error_chain(&error)));
                     }
                     _ => {}
                 }
@@ -184,7 +184,7 @@ impl<P: Protocol> Node<P> {
         {
             let _ = events.send(Event::DialFailed {
                 peer: None,
-                reason: e.to_string(),
+                reason: error_chain(&e),
             });
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);

@@ -95,10 +95,9 @@ impl Message for Other {
     const PROTOCOL: &'static str = "/p2plane-test/other/1.0.0";
 }
 
-#[tokio::test]
-async fn unsupported_protocol_is_a_typed_error() {
-    let server = echo_node(config(TCP)).await;
-    let node = Node::<Echo>::new(config(TCP)).await.unwrap();
+async fn unsupported_protocol(listen: &str) {
+    let server = echo_node(config(listen)).await;
+    let node = Node::<Echo>::new(config(listen)).await.unwrap();
     let peer = node.dial(first_addr(&server).await).await.unwrap();
     let err = node
         .client_for::<Other>()
@@ -115,6 +114,16 @@ async fn unsupported_protocol_is_a_typed_error() {
     assert!(!err.is_transient());
     // The connection is still good for the protocol the server does speak.
     assert!(node.client().request(peer, echo(1)).await.is_ok());
+}
+
+#[tokio::test]
+async fn unsupported_protocol_is_a_typed_error_over_tcp() {
+    unsupported_protocol(TCP).await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_is_a_typed_error_over_quic() {
+    unsupported_protocol(QUIC).await;
 }
 
 #[tokio::test]
