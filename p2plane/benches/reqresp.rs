@@ -1,5 +1,7 @@
 //! Request/response benchmark: P2PLane against stock rust-libp2p `request_response::cbor`
-//! (on the very same TCP+Noise+Yamux and QUIC transports) and against raw TCP, in one run.
+//! (on the very same TCP+Noise+Yamux and QUIC transports), against `libp2p-stream` carrying
+//! P2PLane's frames (the other way to get a stream per request), and against raw TCP, in one
+//! run.
 //!
 //! ```sh
 //! cargo bench -p p2plane --bench reqresp             # 5 interleaved rounds, medians
@@ -13,9 +15,14 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use futures::AsyncWriteExt as _;
 use futures::{StreamExt as _, stream};
 use libp2p::{
     StreamProtocol,
@@ -23,7 +30,9 @@ use libp2p::{
     swarm::SwarmEvent,
 };
 use p2plane::{
-    Client, Message, Multiaddr, Node, NodeConfig, PeerId, Request, service_fn,
+    Client, Message, Multiaddr, Node, NodeConfig, PeerId, Request,
+    codec::{CborCodec, Codec as _, FrameBuf, read_frame},
+    service_fn,
     transport::{TransportConfig, build_swarm, identity},
 };
 use serde::{Deserialize, Serialize};
@@ -72,6 +81,8 @@ fn msg(seq: u64, size: usize) -> Msg {
 enum Caller {
     P2plane(Client<Msg>, PeerId),
     Stock(mpsc::Sender<(Msg, oneshot::Sender<Msg>)>),
+    /// libp2p-stream with P2PLane's framing: a stream per request, like P2PLane.
+    LibStream(libp2p_stream::Control, PeerId, Arc<AtomicU64>),
 }
 
 impl Caller {
@@ -85,8 +96,103 @@ impl Caller {
                 tx.send((m, reply)).await.expect("stock driver alive");
                 rx.await.expect("stock request")
             }
+            Caller::LibStream(control, peer, failures) => loop {
+                // libp2p-stream drops inbound streams its one-slot queue cannot take; the
+                // caller sees a reset stream. Count those and try again.
+                match lib_stream_call(control.clone(), *peer, &m).await {
+                    Some(reply) => return reply,
+                    None => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            },
         }
     }
+
+    fn failures(&self) -> u64 {
+        match self {
+            Caller::LibStream(_, _, failures) => failures.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+}
+
+async fn lib_stream_call(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    m: &Msg,
+) -> Option<Msg> {
+    let codec = CborCodec::new(MAX);
+    let mut stream = control
+        .open_stream(peer, StreamProtocol::new(LIB_STREAM))
+        .await
+        .ok()?;
+    stream
+        .write_all(FrameBuf::encode(&codec, m).unwrap().as_bytes())
+        .await
+        .ok()?;
+    stream.close().await.ok()?;
+    let bytes = read_frame(&mut stream, MAX).await.ok()?;
+    codec.decode(&bytes).ok()
+}
+
+const LIB_STREAM: &str = "/lib-stream-bench/1.0.0";
+
+async fn lib_stream_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) {
+    let swarm = || {
+        build_swarm(identity::generate(), &TransportConfig::default(), |_| {
+            libp2p_stream::Behaviour::new()
+        })
+        .unwrap()
+    };
+    let mut server = swarm();
+    let mut incoming = server
+        .behaviour()
+        .new_control()
+        .accept(StreamProtocol::new(LIB_STREAM))
+        .unwrap();
+    server.listen_on(listen.parse().unwrap()).unwrap();
+    let addr: Multiaddr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_task = tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    });
+    let accept_task = tokio::spawn(async move {
+        let codec = CborCodec::new(MAX);
+        while let Some((_, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let Ok(bytes) = read_frame(&mut stream, MAX).await else {
+                    return;
+                };
+                let Ok(m) = codec.decode::<Msg>(&bytes) else {
+                    return;
+                };
+                let frame = FrameBuf::encode(&codec, &reply(m)).unwrap();
+                let _ = stream.write_all(frame.as_bytes()).await;
+                let _ = stream.close().await;
+            });
+        }
+    });
+    let mut client = swarm();
+    let control = client.behaviour().new_control();
+    client.dial(addr).unwrap();
+    let peer = loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {
+            break peer_id;
+        }
+    };
+    let client_task = tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    });
+    (
+        Caller::LibStream(control, peer, Arc::default()),
+        vec![server_task, accept_task, client_task],
+    )
 }
 
 async fn p2plane_pair(listen: &str) -> (Caller, Vec<Node<Msg>>) {
@@ -201,6 +307,8 @@ fn cpu_seconds() -> f64 {
 }
 
 struct Sample {
+    /// Calls that failed and were repeated (libp2p-stream only).
+    failed_calls: f64,
     rtt_p50_us: f64,
     rtt_p99_us: f64,
     rps_64: f64,
@@ -251,6 +359,7 @@ async fn measure(caller: &Caller, n: &Counts) -> Sample {
     let large_elapsed = t.elapsed().as_secs_f64();
 
     Sample {
+        failed_calls: caller.failures() as f64,
         rtt_p50_us: pct(0.50),
         rtt_p99_us: pct(0.99),
         rps_64: n.in_flight_total as f64 / elapsed,
@@ -335,6 +444,7 @@ async fn raw_tcp(n: &Counts) -> Sample {
     }
     let large_elapsed = t.elapsed().as_secs_f64();
     Sample {
+        failed_calls: 0.0,
         rtt_p50_us: pct(0.5),
         rtt_p99_us: pct(0.99),
         rps_64: total as f64 / elapsed,
@@ -379,8 +489,11 @@ fn main() {
             v
         };
         for (transport, listen) in [("tcp", "/ip4/127.0.0.1/tcp/0"), ("quic", "/ip4/127.0.0.1/udp/0/quic-v1")] {
-            let (mut ours, mut stock) = (Vec::new(), Vec::new());
+            let (mut ours, mut stock, mut lib) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
+                let (caller, tasks) = lib_stream_pair(listen).await;
+                lib.push(measure(&caller, &counts).await);
+                tasks.into_iter().for_each(|t| t.abort());
                 // Interleaved, each on fresh connections.
                 let (caller, tasks) = stock_pair(listen).await;
                 stock.push(measure(&caller, &counts).await);
@@ -393,7 +506,8 @@ fn main() {
                 }
             }
             type Metric = (&'static str, fn(&Sample) -> f64);
-            let metrics: [Metric; 5] = [
+            let metrics: [Metric; 6] = [
+                ("failed_calls", |s| s.failed_calls),
                 ("rtt_p50_us", |s| s.rtt_p50_us),
                 ("rtt_p99_us", |s| s.rtt_p99_us),
                 ("req_per_s_64_in_flight", |s| s.rps_64),
@@ -404,23 +518,25 @@ fn main() {
                 let o = median(ours.iter().map(get).collect());
                 let s = median(stock.iter().map(get).collect());
                 let r = median(raw.iter().map(get).collect());
-                rows.push((transport, name, o, s, r));
+                let l = median(lib.iter().map(get).collect());
+                rows.push((transport, name, o, s, r, l));
             }
         }
-        for (transport, metric, o, s, r) in &rows {
+        for (transport, metric, o, s, r, l) in &rows {
             println!(
                 "{}",
                 serde_json::json!({
                     "transport": transport, "metric": metric, "p2plane": round(*o), "stock": round(*s),
-                    "ratio": round(o / s), "raw_tcp": round(*r), "rounds": rounds,
+                    "ratio": round(o / s), "raw_tcp": round(*r), "libp2p_stream": round(*l), "rounds": rounds,
                 })
             );
         }
         println!();
-        println!("| transport | metric | p2plane | stock libp2p | p2plane/stock | raw TCP |");
-        println!("|---|---|---:|---:|---:|---:|");
-        for (transport, metric, o, s, r) in &rows {
-            println!("| {transport} | {metric} | {o:.1} | {s:.1} | {:.2} | {r:.1} |", o / s);
+        println!("| transport | metric | p2plane | stock libp2p | p2plane/stock | libp2p-stream | raw TCP |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        for (transport, metric, o, s, r, l) in &rows {
+            let ratio = if *s == 0.0 { "-".to_owned() } else { format!("{:.2}", o / s) };
+            println!("| {transport} | {metric} | {o:.1} | {s:.1} | {ratio} | {l:.1} | {r:.1} |");
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

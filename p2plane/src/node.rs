@@ -233,6 +233,10 @@ impl<P: Protocol> Node<P> {
     ///
     /// Until a protocol is served, peers asking for it get
     /// [`Error::UnsupportedProtocol`].
+    ///
+    /// A handler that holds a [`Node`] or [`Client`] handle (to forward requests, say) keeps
+    /// the node alive: such a node stops on [`Node::shutdown`], not when the other handles
+    /// are dropped.
     pub fn serve<H>(&self, handler: H) -> Result<(), NodeError>
     where
         H: Service<Request<P::Request>, Response = P::Response> + Clone + Send + 'static,
