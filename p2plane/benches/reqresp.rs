@@ -25,9 +25,9 @@ use std::{
 use futures::AsyncWriteExt as _;
 use futures::{StreamExt as _, stream};
 use libp2p::{
-    StreamProtocol,
+    StreamProtocol, Swarm,
     request_response::{self, ProtocolSupport, cbor},
-    swarm::SwarmEvent,
+    swarm::{NetworkBehaviour, SwarmEvent},
 };
 use p2plane::{
     Client, Message, Multiaddr, Node, NodeConfig, PeerId, Request,
@@ -149,12 +149,7 @@ async fn lib_stream_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<(
         .new_control()
         .accept(StreamProtocol::new(LIB_STREAM))
         .unwrap();
-    server.listen_on(listen.parse().unwrap()).unwrap();
-    let addr: Multiaddr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen_on(&mut server, listen).await;
     let server_task = tokio::spawn(async move {
         loop {
             server.select_next_some().await;
@@ -178,12 +173,7 @@ async fn lib_stream_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<(
     });
     let mut client = swarm();
     let control = client.behaviour().new_control();
-    client.dial(addr).unwrap();
-    let peer = loop {
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {
-            break peer_id;
-        }
-    };
+    let peer = connect(&mut client, addr).await;
     let client_task = tokio::spawn(async move {
         loop {
             client.select_next_some().await;
@@ -209,6 +199,26 @@ async fn p2plane_pair(listen: &str) -> (Caller, Vec<Node<Msg>>) {
         .await
         .unwrap();
     (Caller::P2plane(client.client(), peer), vec![server, client])
+}
+
+/// Listens on `listen` and returns the address once the listener is up.
+async fn listen_on<B: NetworkBehaviour>(swarm: &mut Swarm<B>, listen: &str) -> Multiaddr {
+    swarm.listen_on(listen.parse().unwrap()).unwrap();
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            return address;
+        }
+    }
+}
+
+/// Dials `addr` and returns the peer once connected.
+async fn connect<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: Multiaddr) -> PeerId {
+    swarm.dial(addr).unwrap();
+    loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
+            return peer_id;
+        }
+    }
 }
 
 type StockSwarm = libp2p::Swarm<cbor::Behaviour<Msg, Msg>>;
@@ -237,12 +247,7 @@ fn stock_swarm() -> StockSwarm {
 /// examples do (commands in over a channel, replies matched by request id).
 async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) {
     let mut server = stock_swarm();
-    server.listen_on(listen.parse().unwrap()).unwrap();
-    let addr: Multiaddr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen_on(&mut server, listen).await;
     let server_task = tokio::spawn(async move {
         loop {
             if let SwarmEvent::Behaviour(request_response::Event::Message {
@@ -260,12 +265,7 @@ async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) 
         }
     });
     let mut client = stock_swarm();
-    client.dial(addr).unwrap();
-    let peer = loop {
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {
-            break peer_id;
-        }
-    };
+    let peer = connect(&mut client, addr).await;
     let (tx, mut rx) = mpsc::channel::<(Msg, oneshot::Sender<Msg>)>(256);
     let client_task = tokio::spawn(async move {
         let mut pending = HashMap::new();

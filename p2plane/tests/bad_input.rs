@@ -4,6 +4,11 @@
 
 mod common;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
 use common::*;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{StreamProtocol, swarm::SwarmEvent};
@@ -23,6 +28,9 @@ const LIMIT: usize = p2plane::codec::DEFAULT_MAX_MESSAGE_SIZE;
 struct Attacker {
     control: libp2p_stream::Control,
     node: PeerId,
+    /// Connections the attacker saw open and close after the first one.
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
 }
 
 impl Attacker {
@@ -44,14 +52,23 @@ impl Attacker {
             }
         })
         .await;
+        let (connections, closed) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
+        let (c, d) = (connections.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
-                if let SwarmEvent::ConnectionClosed { .. } = swarm.select_next_some().await {
-                    panic!("the node closed the attacker's connection");
-                }
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => c.fetch_add(1, Ordering::SeqCst),
+                    SwarmEvent::ConnectionClosed { .. } => d.fetch_add(1, Ordering::SeqCst),
+                    _ => 0,
+                };
             }
         });
-        Self { control, node }
+        Self {
+            control,
+            node,
+            connections,
+            closed,
+        }
     }
 
     /// Opens a stream on the echo protocol, writes `bytes`, closes the write side and
@@ -178,6 +195,10 @@ async fn garbage_truncated_oversized_and_trailing_junk_are_refused_and_the_node_
             .unwrap();
         assert_eq!(reply, Envelope::Ok(answer_for_node(&node)), "after {what}");
     }
+    // Every case and every honest request travelled on the one connection the attacker
+    // opened first: the node never closed it.
+    assert_eq!(attacker.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(attacker.closed.load(Ordering::SeqCst), 0);
     // Memory did not follow the announced 4 GiB (nor the 4 MiB), with a wide margin for
     // the test's own allocations.
     let grown_kib = resident_kib().saturating_sub(rss_before);
