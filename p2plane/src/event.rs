@@ -25,6 +25,13 @@ pub enum Event {
         /// Whether the peer dialed us.
         inbound: bool,
     },
+    /// A peer told us (through identify) which protocols it serves.
+    PeerIdentified {
+        /// The peer.
+        peer: PeerId,
+        /// The protocols it serves, such as `"/my-app/1.0.0"`.
+        protocols: Vec<String>,
+    },
     /// The last connection to a peer closed.
     PeerDisconnected {
         /// The peer.

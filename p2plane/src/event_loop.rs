@@ -1,6 +1,6 @@
 //! The one task that owns the libp2p `Swarm`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::StreamExt as _;
 use libp2p::{
@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
     event::{Event, InboundError},
+    peer_table::PeerTable,
     streams::{self, StreamEvent},
 };
 
@@ -46,6 +47,7 @@ pub(crate) struct EventLoop {
     events: broadcast::Sender<Event>,
     shutdown: watch::Sender<bool>,
     pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
+    peers: Arc<PeerTable>,
 }
 
 impl EventLoop {
@@ -54,6 +56,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         events: broadcast::Sender<Event>,
         shutdown: watch::Sender<bool>,
+        peers: Arc<PeerTable>,
     ) -> Self {
         Self {
             swarm,
@@ -61,6 +64,7 @@ impl EventLoop {
             events,
             shutdown,
             pending_dials: HashMap::new(),
+            peers,
         }
     }
 
@@ -146,6 +150,7 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                self.peers.remove(&peer_id);
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.emit(Event::PeerDisconnected { peer: peer_id });
             }
@@ -183,6 +188,13 @@ impl EventLoop {
                 ..
             })) => {
                 tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified");
+                let protocols: Vec<String> =
+                    info.protocols.iter().map(ToString::to_string).collect();
+                self.peers.set(peer_id, protocols.clone());
+                self.emit(Event::PeerIdentified {
+                    peer: peer_id,
+                    protocols,
+                });
             }
             _ => {}
         }

@@ -47,6 +47,7 @@ mod event;
 mod event_loop;
 pub mod layer;
 mod node;
+mod peer_table;
 mod server;
 mod streams;
 
@@ -63,6 +64,7 @@ pub use p2plane_core::{
 };
 pub use p2plane_peers as peers;
 pub use p2plane_transport::{self as transport, Limits, TransportConfig};
+pub use peer_table::ConnectedPeers;
 pub use tower::{self, BoxError, service_fn};
 
 #[doc = include_str!("../../README.md")]

@@ -10,9 +10,10 @@ use tower::BoxError;
 use tower_service::Service;
 
 use crate::{
-    Client, Identity, NodeConfig, NodeError,
+    Client, ConnectedPeers, Identity, NodeConfig, NodeError,
     event::{Event, Events},
     event_loop::{Behaviour, Command, EventLoop, error_chain},
+    peer_table::PeerTable,
     server::{self, ServerContext},
     streams,
 };
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) local_peer_id: PeerId,
     pub(crate) config: NodeConfig,
+    pub(crate) peers: Arc<PeerTable>,
 }
 
 impl Shared {
@@ -189,7 +191,17 @@ impl<P: Protocol> Node<P> {
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        tokio::spawn(EventLoop::new(swarm, commands_rx, events.clone(), shutdown_tx).run());
+        let peers = Arc::new(PeerTable::default());
+        tokio::spawn(
+            EventLoop::new(
+                swarm,
+                commands_rx,
+                events.clone(),
+                shutdown_tx,
+                peers.clone(),
+            )
+            .run(),
+        );
 
         let codec = CborCodec::new(config.max_message_size);
         Ok(Self {
@@ -201,6 +213,7 @@ impl<P: Protocol> Node<P> {
                 shutdown: shutdown_rx,
                 local_peer_id,
                 config,
+                peers,
             }),
             _protocol: PhantomData,
         })
@@ -273,6 +286,13 @@ impl<P: Protocol> Node<P> {
         };
         tokio::spawn(server::run::<Q, H>(context, inbound, handler));
         Ok(())
+    }
+
+    /// A failover [`PeerSelector`](crate::layer::PeerSelector) for
+    /// [`RetryPolicy::with_failover`](crate::RetryPolicy::with_failover): it picks a connected
+    /// peer that serves the request's protocol (as the peer announced through identify).
+    pub fn peer_selector(&self) -> ConnectedPeers {
+        ConnectedPeers::new(Arc::clone(&self.shared.peers))
     }
 
     /// Subscribes to the node's events from now on.

@@ -150,6 +150,7 @@ fn handler_error(error: BoxError) -> Envelope<()> {
     match error.downcast_ref::<Error>() {
         Some(Error::Rejected { reason, .. }) => Envelope::Rejected(reason.clone()),
         Some(Error::Busy { .. }) => Envelope::Busy,
+        Some(Error::Timeout { .. }) => Envelope::Failed("the handler timed out".to_owned()),
         _ => Envelope::Failed(error.to_string()),
     }
 }

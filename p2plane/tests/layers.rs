@@ -11,7 +11,10 @@ use std::{
 use common::{Echo, echo};
 use p2plane::{
     Error, PeerId, Request,
-    layer::{RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer},
+    layer::{
+        InFlightLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy, TimeoutLayer, TpsBudget,
+        ValidateLayer,
+    },
     service_fn,
 };
 use tokio::time::Instant;
@@ -246,4 +249,117 @@ async fn validate_refuses_without_calling_the_inner_service() {
         Ok(echo(2))
     );
     assert_eq!(script.attempts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_caps_retries_when_everything_fails() {
+    let p = peer();
+    let script = Script::new(vec![Error::Busy { peer: p }; 1000]);
+    // No deposits count (0 %), a reserve of 1 retry per second over 10 s: 10 retries in all.
+    let policy = RetryPolicy::exponential(3)
+        .with_base_delay(Duration::from_millis(1))
+        .with_budget(TpsBudget::new(Duration::from_secs(10), 1, 0.0));
+    let layer = RetryLayer::new(policy);
+    for i in 0..20 {
+        let reply = layer
+            .layer(script.service())
+            .oneshot(Request::new(p, echo(i)))
+            .await;
+        assert_eq!(reply, Err(Error::Busy { peer: p }));
+    }
+    // Without the budget it would have been 20 * 4 = 80 attempts.
+    assert_eq!(script.attempts().len(), 20 + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_moves_the_retry_to_another_peer_without_waiting() {
+    let (dead, alive) = (peer(), peer());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let inner = service_fn(move |req: Request<Echo>| {
+        s.lock().unwrap().push(req.peer());
+        let fail = req.peer() == dead;
+        async move {
+            if fail {
+                Err(Error::Dial {
+                    peer: Some(dead),
+                    reason: "refused".into(),
+                })
+            } else {
+                Ok(req.into_body())
+            }
+        }
+    });
+    let selector = move |protocol: &str, exclude: &[PeerId]| {
+        assert_eq!(protocol, "/p2plane-test/echo/1.0.0");
+        [dead, alive].into_iter().find(|p| !exclude.contains(p))
+    };
+    let policy = RetryPolicy::exponential(3).with_failover(selector);
+    let start = Instant::now();
+    let reply = RetryLayer::new(policy)
+        .layer(inner)
+        .oneshot(Request::new(dead, echo(1)))
+        .await;
+    assert_eq!(reply, Ok(echo(1)));
+    assert_eq!(*seen.lock().unwrap(), vec![dead, alive]);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// A handler that waits until released, for limit tests.
+fn gated() -> (
+    impl Service<Request<Echo>, Response = Echo, Error = Error, Future: Send> + Clone,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let service = service_fn(move |req: Request<Echo>| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.unwrap().forget();
+            Ok::<_, Error>(req.into_body())
+        }
+    });
+    (service, gate)
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_limit_is_per_peer_and_released_when_requests_end() {
+    let (a, b) = (peer(), peer());
+    let (handler, gate) = gated();
+    let service = InFlightLimitLayer::new(2).layer(handler);
+    let first = tokio::spawn(service.clone().oneshot(Request::new(a, echo(1))));
+    let second = tokio::spawn(service.clone().oneshot(Request::new(a, echo(2))));
+    tokio::task::yield_now().await;
+    // A third from the same peer is refused at once; another peer is not affected.
+    assert_eq!(
+        service.clone().oneshot(Request::new(a, echo(3))).await,
+        Err(Error::Busy { peer: a })
+    );
+    let other = tokio::spawn(service.clone().oneshot(Request::new(b, echo(4))));
+    gate.add_permits(3);
+    assert_eq!(first.await.unwrap(), Ok(echo(1)));
+    assert_eq!(second.await.unwrap(), Ok(echo(2)));
+    assert_eq!(other.await.unwrap(), Ok(echo(4)));
+    // Slots are free again.
+    gate.add_permits(1);
+    assert_eq!(
+        service.clone().oneshot(Request::new(a, echo(5))).await,
+        Ok(echo(5))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_is_a_token_bucket_per_peer() {
+    let (a, b) = (peer(), peer());
+    let script = Script::new(vec![]);
+    let service = RateLimitLayer::new(2, Duration::from_secs(1)).layer(script.service());
+    let call = |p, i| service.clone().oneshot(Request::new(p, echo(i)));
+    assert!(call(a, 1).await.is_ok());
+    assert!(call(a, 2).await.is_ok());
+    assert_eq!(call(a, 3).await, Err(Error::Busy { peer: a }));
+    assert!(call(b, 4).await.is_ok(), "another peer has its own bucket");
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(call(a, 5).await.is_ok(), "half a second earns one request");
+    assert_eq!(call(a, 6).await, Err(Error::Busy { peer: a }));
+    assert_eq!(script.attempts().len(), 4);
 }

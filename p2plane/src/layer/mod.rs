@@ -69,14 +69,29 @@
 //! # }
 //! ```
 //!
-//! On the server side, the same [`ValidateLayer`] wraps the handler; a rejection travels
-//! back to the caller as [`Error::Rejected`](crate::Error::Rejected), and the handler
-//! does not run.
+//! ## Server side
+//!
+//! A handler is a `tower::Service` too, so the same layers wrap it, plus the per-peer limits
+//! in [`per_peer`]. The handler's error type must accept [`Error`](crate::Error) (use
+//! `p2plane::Error` or [`BoxError`](crate::BoxError)). What the caller sees:
+//!
+//! | layer on the handler | caller gets |
+//! |---|---|
+//! | [`ValidateLayer`] refuses | [`Error::Rejected`](crate::Error::Rejected) with the reason; the handler did not run |
+//! | [`InFlightLimitLayer`] / [`RateLimitLayer`] over the limit | [`Error::Busy`](crate::Error::Busy) (transient: a retry layer backs off) |
+//! | [`TimeoutLayer`] fires | [`Error::Failed`](crate::Error::Failed) ("handler timed out"): it may have acted |
+//! | any other handler error | [`Error::Failed`](crate::Error::Failed) with its text |
+//!
+//! A stack passed to [`Node::serve_protocol`](crate::Node::serve_protocol) applies to that
+//! protocol; a layer whose clone is given to several stacks shares its state across them,
+//! so a per-peer limit can cover all inbound traffic of the node.
 
+pub mod per_peer;
 mod retry;
 pub mod timeout;
 pub mod validate;
 
-pub use retry::{Retry, RetryLayer, RetryPolicy};
+pub use per_peer::{InFlightLimitLayer, RateLimitLayer};
+pub use retry::{Budget, PeerSelector, Retry, RetryLayer, RetryPolicy, TpsBudget};
 pub use timeout::{Timeout, TimeoutLayer};
 pub use validate::{ByBody, Validate, ValidateLayer, Validator};

@@ -26,11 +26,12 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, T> Future for ResponseFuture<F>
+impl<F, T, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, Error>>,
+    F: Future<Output = Result<T, E>>,
+    E: From<Error>,
 {
-    type Output = Result<T, Error>;
+    type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -38,7 +39,7 @@ where
             return Poll::Ready(result);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Error::Timeout { peer: *this.peer })),
+            Poll::Ready(()) => Poll::Ready(Err(Error::Timeout { peer: *this.peer }.into())),
             Poll::Pending => Poll::Pending,
         }
     }

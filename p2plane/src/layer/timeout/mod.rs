@@ -15,6 +15,9 @@ use tower_service::Service;
 
 /// Fails a request with [`Error::Timeout`] when the inner service has not answered within
 /// the deadline. Under a retry layer the deadline applies to each attempt.
+///
+/// The inner service's error type must accept [`Error`]: `p2plane::Error` itself (a client)
+/// or [`BoxError`](crate::BoxError) (a handler, typically).
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
@@ -45,13 +48,14 @@ impl<S> Timeout<S> {
 
 impl<S, T> Service<Request<T>> for Timeout<S>
 where
-    S: Service<Request<T>, Error = Error>,
+    S: Service<Request<T>>,
+    S::Error: From<Error>,
 {
     type Response = S::Response;
-    type Error = Error;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
