@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Echo, echo};
+use common::{Echo, echo, non_empty_text};
 use p2plane::{
     Error, PeerId, Request,
     layer::{
@@ -212,13 +212,7 @@ async fn validate_refuses_without_calling_the_inner_service() {
     let p = peer();
     let script = Script::new(vec![]);
     let mut stack = ServiceBuilder::new()
-        .layer(ValidateLayer::with(|req: &Request<Echo>| {
-            if req.body().text.is_empty() {
-                Err("empty text".to_owned())
-            } else {
-                Ok(())
-            }
-        }))
+        .layer(ValidateLayer::with(non_empty_text))
         .service(script.service());
     let bad = Echo {
         seq: 1,

@@ -104,13 +104,7 @@ async fn validation_rejects_at_the_sender_without_traffic_and_at_the_receiver_wi
         text: String::new(),
     };
     let mut client = ServiceBuilder::new()
-        .layer(ValidateLayer::with(|r: &Request<Echo>| {
-            if r.body().text.is_empty() {
-                Err("empty".to_owned())
-            } else {
-                Ok(())
-            }
-        }))
+        .layer(ValidateLayer::with(non_empty_text))
         .service(node.client());
     let err = client
         .ready()
@@ -123,7 +117,7 @@ async fn validation_rejects_at_the_sender_without_traffic_and_at_the_receiver_wi
         err,
         Error::Rejected {
             peer: None,
-            reason: "empty".into()
+            reason: "empty text".into()
         }
     );
     assert!(node.connected_peers().await.unwrap().is_empty());
@@ -139,13 +133,7 @@ async fn validation_rejects_at_the_sender_without_traffic_and_at_the_receiver_wi
     server
         .serve(
             ServiceBuilder::new()
-                .layer(ValidateLayer::with(|r: &Request<Echo>| {
-                    if r.body().text.is_empty() {
-                        Err("empty text".to_owned())
-                    } else {
-                        Ok(())
-                    }
-                }))
+                .layer(ValidateLayer::with(non_empty_text))
                 .service(handler),
         )
         .unwrap();

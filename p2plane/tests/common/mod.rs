@@ -40,6 +40,15 @@ pub fn answer(request: &Echo, server: PeerId) -> Echo {
     }
 }
 
+/// A validator for the tests: the text must not be empty.
+pub fn non_empty_text(request: &Request<Echo>) -> Result<(), String> {
+    if request.body().text.is_empty() {
+        Err("empty text".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
 pub fn config(addr: &str) -> NodeConfig {
     NodeConfig::listen_on(addr.parse().unwrap())
 }
