@@ -357,3 +357,42 @@ async fn rate_limit_is_a_token_bucket_per_peer() {
     assert_eq!(call(a, 6).await, Err(Error::Busy { peer: a }));
     assert_eq!(script.attempts().len(), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_limit_layer_shared_by_two_protocols_limits_a_peer_across_both() {
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Other(u8);
+    let p = peer();
+    let shared = RateLimitLayer::new(2, Duration::from_secs(60));
+    let echo_handler = shared.layer(service_fn(|r: Request<Echo>| async move {
+        Ok::<_, Error>(r.into_body())
+    }));
+    let other_handler = shared.layer(service_fn(|r: Request<Other>| async move {
+        Ok::<_, Error>(r.into_body().0)
+    }));
+    assert!(
+        echo_handler
+            .clone()
+            .oneshot(Request::new(p, echo(1)))
+            .await
+            .is_ok()
+    );
+    let other = |n| Request::for_protocol::<OtherProtocol>(p, Other(n));
+    assert_eq!(other_handler.clone().oneshot(other(2)).await, Ok(2));
+    // The peer's two requests used the shared budget: both protocols now answer Busy.
+    assert_eq!(
+        echo_handler.clone().oneshot(Request::new(p, echo(3))).await,
+        Err(Error::Busy { peer: p })
+    );
+    assert_eq!(
+        other_handler.clone().oneshot(other(4)).await,
+        Err(Error::Busy { peer: p })
+    );
+
+    struct OtherProtocol;
+    impl p2plane::Protocol for OtherProtocol {
+        const NAME: &'static str = "/p2plane-test/other/1.0.0";
+        type Request = Other;
+        type Response = u8;
+    }
+}
