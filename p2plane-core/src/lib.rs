@@ -40,5 +40,5 @@ pub use error::Error;
 pub use libp2p_identity::PeerId;
 pub use message::{Message, Payload, Protocol, Validate, is_valid_protocol_name};
 pub use multiaddr::Multiaddr;
-pub use peer_store::PeerStore;
+pub use peer_store::{DialOutcome, PeerRecord, PeerStore, PeerStoreError};
 pub use request::Request;

@@ -1,0 +1,433 @@
+//! A persistent [`PeerStore`] in one redb file.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use p2plane_core::{DialOutcome, Multiaddr, PeerId, PeerRecord, PeerStore, PeerStoreError};
+use redb::{
+    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, backends::InMemoryBackend,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::book::Book;
+
+const PEERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("peers");
+
+/// Settings of a [`RedbPeerStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedbConfig {
+    /// The most peers kept. Default 10,000.
+    pub max_peers: usize,
+    /// The most addresses kept per peer. Default 8.
+    pub max_addrs_per_peer: usize,
+    /// How often changes are committed in the background. Default 100 ms: a crash loses at
+    /// most the changes of the last interval that no [`flush`](PeerStore::flush) covered.
+    pub commit_interval: Duration,
+}
+
+impl Default for RedbConfig {
+    fn default() -> Self {
+        Self {
+            max_peers: crate::DEFAULT_MAX_PEERS,
+            max_addrs_per_peer: crate::DEFAULT_MAX_ADDRS_PER_PEER,
+            commit_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A [`PeerStore`] that persists to one [redb](https://docs.rs/redb) file.
+///
+/// Reads and writes go to an in-memory copy, so the node's event loop never waits on the
+/// disk. Changed peers are marked, and a writer thread commits their records in one redb
+/// transaction every [`commit_interval`](RedbConfig::commit_interval) (a peer changed a
+/// thousand times in an interval is written once).
+///
+/// **Durability.** A change is durable once a later [`flush`](PeerStore::flush) has
+/// returned `Ok`, or once the next background commit has completed. Each commit is a redb
+/// transaction with immediate durability (fsync): after a crash at any moment, the file holds
+/// exactly the state of the last completed commit, so at most the changes since then are lost
+/// and nothing half-written is ever read.
+///
+/// **Corruption.** [`RedbPeerStore::open`] reads every record; a truncated or damaged file
+/// gives [`PeerStoreError::Corrupted`] (or `Storage` for damage redb reports as I/O), never a
+/// panic. To recover, use [`RedbPeerStore::open_or_recover`], which moves the bad file aside
+/// (to `<file>.corrupt-<unix seconds>`) and starts empty: the node relearns its peers from
+/// the bootstrap address.
+///
+/// ```
+/// use p2plane_core::{PeerId, PeerStore};
+/// use p2plane_peers::RedbPeerStore;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("peers.redb");
+/// let peer = PeerId::random();
+/// {
+///     let store = RedbPeerStore::open(&path).unwrap();
+///     store.add_peer_with_addr(peer, "/ip4/192.0.2.1/tcp/4001".parse().unwrap());
+///     store.flush().unwrap(); // durable from here on
+/// }
+/// let reopened = RedbPeerStore::open(&path).unwrap();
+/// assert_eq!(reopened.addresses(&peer).len(), 1);
+/// ```
+pub struct RedbPeerStore {
+    shared: Arc<Shared>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RedbPeerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbPeerStore").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer early (a flush, or closing).
+    wake: Condvar,
+    /// Tells flushers a commit ended.
+    committed: Condvar,
+}
+
+struct State {
+    book: Book,
+    /// Changes made so far.
+    changes: u64,
+    /// Changes covered by the last completed commit.
+    durable: u64,
+    flush_requested: bool,
+    closing: bool,
+    error: Option<PeerStoreError>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Book)) {
+        let mut state = self.lock();
+        f(&mut state.book);
+        state.changes += 1;
+    }
+}
+
+impl RedbPeerStore {
+    /// Opens the store in `path`, creating the file if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, PeerStoreError> {
+        Self::open_with(path, RedbConfig::default())
+    }
+
+    /// Opens the store in `path` with `config`.
+    pub fn open_with(path: impl AsRef<Path>, config: RedbConfig) -> Result<Self, PeerStoreError> {
+        let db = Database::create(path.as_ref()).map_err(storage_error)?;
+        Self::start(db, config)
+    }
+
+    /// Opens the store in `path`; if the file is damaged, moves it aside and starts empty.
+    /// Returns where the damaged file went, if it was moved.
+    pub fn open_or_recover(
+        path: impl AsRef<Path>,
+        config: RedbConfig,
+    ) -> Result<(Self, Option<PathBuf>), PeerStoreError> {
+        let path = path.as_ref();
+        match Self::open_with(path, config) {
+            Ok(store) => Ok((store, None)),
+            Err(PeerStoreError::Corrupted(reason)) => {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{stamp}"));
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside)
+                    .map_err(|e| PeerStoreError::Storage(e.to_string()))?;
+                tracing::warn!(path = %path.display(), aside = %aside.display(), %reason, "peer store corrupted; starting empty");
+                Ok((Self::open_with(path, config)?, Some(aside)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A store on redb's in-memory backend: the persistent code path, without a file.
+    pub fn in_memory(config: RedbConfig) -> Result<Self, PeerStoreError> {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .map_err(storage_error)?;
+        Self::start(db, config)
+    }
+
+    fn start(mut db: Database, config: RedbConfig) -> Result<Self, PeerStoreError> {
+        // Verify every page's checksum before reading: redb trusts a page's structure once
+        // it reads it, and some damage (a flipped page-type byte) panics instead of failing.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("peer store was damaged and redb repaired it"),
+            Err(e) => return Err(storage_error(e)),
+        }
+        let mut book = Book::new(config.max_peers, config.max_addrs_per_peer, true);
+        load(&db, &mut book)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                book,
+                changes: 0,
+                durable: 0,
+                flush_requested: false,
+                closing: false,
+                error: None,
+            }),
+            wake: Condvar::new(),
+            committed: Condvar::new(),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let writer = thread::Builder::new()
+            .name("p2plane-peer-store".into())
+            .spawn(move || write_loop(&db, &writer_shared, config.commit_interval))
+            .map_err(|e| PeerStoreError::Storage(e.to_string()))?;
+        Ok(Self {
+            shared,
+            writer: Some(writer),
+        })
+    }
+}
+
+impl Drop for RedbPeerStore {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn load(db: &Database, book: &mut Book) -> Result<(), PeerStoreError> {
+    let txn = db.begin_read().map_err(storage_error)?;
+    let table = match txn.open_table(PEERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(storage_error(e)),
+    };
+    for row in table.iter().map_err(storage_error)? {
+        let (key, value) = row.map_err(storage_error)?;
+        let peer = PeerId::from_bytes(key.value())
+            .map_err(|e| PeerStoreError::Corrupted(format!("bad peer id: {e}")))?;
+        book.load(peer, decode(value.value())?);
+    }
+    Ok(())
+}
+
+/// Commits changed peers every `interval`, or at once when a flush asks.
+fn write_loop(db: &Database, shared: &Shared, interval: Duration) {
+    loop {
+        let (batch, target, closing) = {
+            let state = shared.lock();
+            let (mut state, _) = shared
+                .wake
+                .wait_timeout_while(state, interval, |s| !s.flush_requested && !s.closing)
+                .unwrap_or_else(|e| e.into_inner());
+            state.flush_requested = false;
+            let touched = state.book.take_touched();
+            let batch: Vec<(PeerId, Option<PeerRecord>)> = touched
+                .into_iter()
+                .map(|p| (p, state.book.record(&p)))
+                .collect();
+            (batch, state.changes, state.closing)
+        };
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            commit(db, &batch)
+        };
+        let mut state = shared.lock();
+        match result {
+            Ok(()) => {
+                state.durable = target;
+                state.error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "peer store commit failed; will retry");
+                // Keep the peers marked so the next commit writes them.
+                state
+                    .book
+                    .mark_touched(batch.iter().map(|(p, _)| *p).collect::<HashSet<_>>());
+                state.error = Some(e);
+            }
+        }
+        shared.committed.notify_all();
+        if closing {
+            return;
+        }
+    }
+}
+
+fn commit(db: &Database, batch: &[(PeerId, Option<PeerRecord>)]) -> Result<(), PeerStoreError> {
+    let txn = db.begin_write().map_err(storage_error)?;
+    {
+        let mut table = txn.open_table(PEERS).map_err(storage_error)?;
+        for (peer, record) in batch {
+            let key = peer.to_bytes();
+            match record {
+                Some(record) => {
+                    table
+                        .insert(key.as_slice(), encode(record).as_slice())
+                        .map_err(storage_error)?;
+                }
+                None => {
+                    table.remove(key.as_slice()).map_err(storage_error)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(storage_error)
+}
+
+fn storage_error(e: impl Into<redb::Error>) -> PeerStoreError {
+    match e.into() {
+        redb::Error::Corrupted(reason) => PeerStoreError::Corrupted(reason),
+        // What redb reports for a file that is not a redb database at all.
+        redb::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            PeerStoreError::Corrupted(e.to_string())
+        }
+        redb::Error::DatabaseAlreadyOpen => {
+            PeerStoreError::Storage("the file is already open in another store or process".into())
+        }
+        other => PeerStoreError::Storage(other.to_string()),
+    }
+}
+
+/// A record as stored: times in milliseconds since the Unix epoch, addresses as bytes.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    addresses: Vec<(Vec<u8>, u64)>,
+    protocols: Vec<String>,
+    last_success: Option<u64>,
+    failures: u32,
+    last_failure: Option<u64>,
+    banned_until: Option<u64>,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn encode(r: &PeerRecord) -> Vec<u8> {
+    let stored = Stored {
+        addresses: r
+            .addresses
+            .iter()
+            .map(|(a, t)| (a.to_vec(), millis(*t)))
+            .collect(),
+        protocols: r.protocols.clone(),
+        last_success: r.last_success.map(millis),
+        failures: r.failures,
+        last_failure: r.last_failure.map(millis),
+        banned_until: r.banned_until.map(millis),
+    };
+    let mut buf = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = ciborium::into_writer(&stored, &mut buf);
+    buf
+}
+
+fn decode(bytes: &[u8]) -> Result<PeerRecord, PeerStoreError> {
+    let stored: Stored = ciborium::from_reader(bytes)
+        .map_err(|e| PeerStoreError::Corrupted(format!("bad record: {e}")))?;
+    let addresses = stored
+        .addresses
+        .into_iter()
+        .map(|(a, t)| {
+            Multiaddr::try_from(a)
+                .map(|a| (a, time(t)))
+                .map_err(|e| PeerStoreError::Corrupted(format!("bad address: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PeerRecord {
+        addresses,
+        protocols: stored.protocols,
+        last_success: stored.last_success.map(time),
+        failures: stored.failures,
+        last_failure: stored.last_failure.map(time),
+        banned_until: stored.banned_until.map(time),
+    })
+}
+
+impl PeerStore for RedbPeerStore {
+    fn get_peers(&self) -> Vec<PeerId> {
+        self.shared.lock().book.peers()
+    }
+
+    fn add_peer_with_addr(&self, peer: PeerId, addr: Multiaddr) {
+        self.shared.change(|b| b.add_address(peer, addr));
+    }
+
+    fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.shared.lock().book.addresses(peer)
+    }
+
+    fn record(&self, peer: &PeerId) -> Option<PeerRecord> {
+        self.shared.lock().book.record(peer)
+    }
+
+    fn set_protocols(&self, peer: PeerId, protocols: Vec<String>) {
+        self.shared.change(|b| b.set_protocols(peer, protocols));
+    }
+
+    fn record_outcome(&self, peer: PeerId, outcome: DialOutcome) {
+        self.shared.change(|b| b.record_outcome(peer, outcome));
+    }
+
+    fn ban(&self, peer: PeerId, until: SystemTime) {
+        self.shared.change(|b| b.ban(peer, until));
+    }
+
+    fn unban(&self, peer: &PeerId) {
+        self.shared.change(|b| b.unban(peer));
+    }
+
+    fn remove_peer(&self, peer: &PeerId) -> bool {
+        let mut known = false;
+        self.shared.change(|b| known = b.remove(peer));
+        known
+    }
+
+    fn flush(&self) -> Result<(), PeerStoreError> {
+        let mut state = self.shared.lock();
+        let target = state.changes;
+        if state.durable >= target {
+            return Ok(());
+        }
+        state.flush_requested = true;
+        self.shared.wake.notify_all();
+        loop {
+            state = self
+                .shared
+                .committed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+            if state.durable >= target {
+                return Ok(());
+            }
+            if let Some(error) = state.error.clone() {
+                return Err(error);
+            }
+            if state.closing {
+                return Err(PeerStoreError::Closed);
+            }
+            state.flush_requested = true;
+            self.shared.wake.notify_all();
+        }
+    }
+}
