@@ -54,9 +54,11 @@ impl Default for RedbConfig {
 /// exactly the state of the last completed commit, so at most the changes since then are lost
 /// and nothing half-written is ever read.
 ///
-/// **Corruption.** [`RedbPeerStore::open`] reads every record; a truncated or damaged file
-/// gives [`PeerStoreError::Corrupted`] (or `Storage` for damage redb reports as I/O), never a
-/// panic. To recover, use [`RedbPeerStore::open_or_recover`], which moves the bad file aside
+/// **Corruption.** [`RedbPeerStore::open`] verifies every page's checksum and reads every
+/// record; a truncated or damaged file gives [`PeerStoreError::Corrupted`] (or `Storage` for
+/// damage redb reports as I/O). redb itself still asserts on some damaged pages while opening;
+/// such a panic is caught and returned as `Corrupted` (its message is still printed by the
+/// panic hook). A program built with `panic = "abort"` cannot catch it and would stop instead. To recover, use [`RedbPeerStore::open_or_recover`], which moves the bad file aside
 /// (to `<file>.corrupt-<unix seconds>`) and starts empty: the node relearns its peers from
 /// the bootstrap address.
 ///
@@ -125,8 +127,13 @@ impl RedbPeerStore {
 
     /// Opens the store in `path` with `config`.
     pub fn open_with(path: impl AsRef<Path>, config: RedbConfig) -> Result<Self, PeerStoreError> {
-        let db = Database::create(path.as_ref()).map_err(storage_error)?;
-        Self::start(db, config)
+        let path = path.as_ref();
+        let (db, book) = contain_panics(|| {
+            let db = Database::create(path).map_err(storage_error)?;
+            let (db, book) = Self::check_and_load(db, config)?;
+            Ok((db, book))
+        })?;
+        Self::start(db, book, config)
     }
 
     /// Opens the store in `path`; if the file is damaged, moves it aside and starts empty.
@@ -160,12 +167,15 @@ impl RedbPeerStore {
         let db = Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .map_err(storage_error)?;
-        Self::start(db, config)
+        let (db, book) = Self::check_and_load(db, config)?;
+        Self::start(db, book, config)
     }
 
-    fn start(mut db: Database, config: RedbConfig) -> Result<Self, PeerStoreError> {
-        // Verify every page's checksum before reading: redb trusts a page's structure once
-        // it reads it, and some damage (a flipped page-type byte) panics instead of failing.
+    /// Verifies every page's checksum, then reads every record.
+    fn check_and_load(
+        mut db: Database,
+        config: RedbConfig,
+    ) -> Result<(Database, Book), PeerStoreError> {
         match db.check_integrity() {
             Ok(true) => {}
             Ok(false) => tracing::warn!("peer store was damaged and redb repaired it"),
@@ -173,6 +183,10 @@ impl RedbPeerStore {
         }
         let mut book = Book::new(config.max_peers, config.max_addrs_per_peer, true);
         load(&db, &mut book)?;
+        Ok((db, book))
+    }
+
+    fn start(db: Database, book: Book, config: RedbConfig) -> Result<Self, PeerStoreError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 book,
@@ -205,6 +219,26 @@ impl Drop for RedbPeerStore {
             let _ = writer.join();
         }
     }
+}
+
+/// Runs `open`, turning a panic inside the storage engine into [`PeerStoreError::Corrupted`].
+///
+/// redb 4.6 still asserts on some damaged pages while it opens a file (for example
+/// `unreachable!()` in `btree_cursor.rs` when the saved allocator state is damaged), before
+/// checksums are verified. A damaged file must give an error, not take the process down.
+fn contain_panics<T>(
+    open: impl FnOnce() -> Result<T, PeerStoreError>,
+) -> Result<T, PeerStoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(PeerStoreError::Corrupted(format!(
+            "the storage engine failed on this file: {what}"
+        )))
+    })
 }
 
 fn load(db: &Database, book: &mut Book) -> Result<(), PeerStoreError> {
