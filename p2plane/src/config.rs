@@ -1,8 +1,9 @@
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use libp2p::identity::Keypair;
 use p2plane_codec::DEFAULT_MAX_MESSAGE_SIZE;
-use p2plane_core::Multiaddr;
+use p2plane_core::{Multiaddr, PeerStore};
+use p2plane_peers::MemoryPeerStore;
 use p2plane_transport::{Limits, TransportConfig};
 
 /// Where a node's key comes from.
@@ -33,7 +34,7 @@ pub enum Identity {
 /// The listen address picks the transport: `/ip4/../tcp/..` (TCP with Noise and Yamux),
 /// `/ip4/../udp/../quic-v1` (QUIC) or `/memory/..` (in-process). A node dials all three
 /// kinds whatever it listens on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Where to listen. Default `/ip4/0.0.0.0/tcp/0` (all interfaces, a free port).
     pub listen_addr: Multiaddr,
@@ -55,6 +56,34 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     /// Connection limits.
     pub limits: Limits,
+    /// Where the node keeps what it learns about peers. Default: a [`MemoryPeerStore`]. A
+    /// persistent store (`p2plane::peers::RedbPeerStore`) lets a restarted node find its
+    /// peers without the bootstrap node.
+    pub peer_store: Arc<dyn PeerStore>,
+    /// Keep loopback, private-range and memory addresses in the peer store. Default `false`:
+    /// such addresses mean nothing to other hosts. Turn it on for tests and private networks.
+    pub allow_private_addrs: bool,
+    /// How many known peers a node dials when it starts (most recently successful first).
+    /// Default 8.
+    pub redial_on_start: usize,
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("listen_addr", &self.listen_addr)
+            .field("bootstrap_addr", &self.bootstrap_addr)
+            .field("identity", &self.identity)
+            .field("max_message_size", &self.max_message_size)
+            .field("request_timeout", &self.request_timeout)
+            .field("inbound_timeout", &self.inbound_timeout)
+            .field("max_concurrent_inbound", &self.max_concurrent_inbound)
+            .field("transport", &self.transport)
+            .field("limits", &self.limits)
+            .field("allow_private_addrs", &self.allow_private_addrs)
+            .field("redial_on_start", &self.redial_on_start)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for NodeConfig {
@@ -69,6 +98,9 @@ impl Default for NodeConfig {
             max_concurrent_inbound: 256,
             transport: TransportConfig::default(),
             limits: Limits::default(),
+            peer_store: Arc::new(MemoryPeerStore::default()),
+            allow_private_addrs: false,
+            redial_on_start: 8,
         }
     }
 }
@@ -121,6 +153,20 @@ impl NodeConfig {
     #[must_use]
     pub fn with_max_concurrent_inbound(mut self, n: usize) -> Self {
         self.max_concurrent_inbound = n.max(1);
+        self
+    }
+
+    /// Uses `store` for what the node learns about peers.
+    #[must_use]
+    pub fn with_peer_store(mut self, store: Arc<dyn PeerStore>) -> Self {
+        self.peer_store = store;
+        self
+    }
+
+    /// Keeps loopback and private addresses in the peer store (tests, private networks).
+    #[must_use]
+    pub fn with_private_addrs(mut self, allow: bool) -> Self {
+        self.allow_private_addrs = allow;
         self
     }
 

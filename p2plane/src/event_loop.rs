@@ -1,18 +1,19 @@
 //! The one task that owns the libp2p `Swarm`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use futures::StreamExt as _;
 use libp2p::{
     Multiaddr, PeerId, Swarm, identify, ping,
-    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
 };
-use p2plane_core::Error;
+use p2plane_core::{DialOutcome, Error, PeerStore};
 use p2plane_transport::libp2p::connection_limits;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
     event::{Event, InboundError},
+    gate::{Gate, is_private},
     peer_table::PeerTable,
     streams::{self, StreamEvent},
 };
@@ -20,6 +21,7 @@ use crate::{
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) gate: Gate,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) streams: streams::Behaviour,
     pub(crate) identify: identify::Behaviour,
@@ -38,36 +40,28 @@ pub(crate) enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Ban {
+        peer: PeerId,
+        until: SystemTime,
+    },
     Shutdown,
 }
 
 pub(crate) struct EventLoop {
-    swarm: Swarm<Behaviour>,
-    commands: mpsc::Receiver<Command>,
-    events: broadcast::Sender<Event>,
-    shutdown: watch::Sender<bool>,
-    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
-    peers: Arc<PeerTable>,
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) events: broadcast::Sender<Event>,
+    /// `true` once the node stops taking work: pending calls fail with `Shutdown`.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// `true` once the node has stopped: store flushed, swarm and connections gone.
+    pub(crate) stopped: watch::Sender<bool>,
+    pub(crate) pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
+    pub(crate) peers: Arc<PeerTable>,
+    pub(crate) store: Arc<dyn PeerStore>,
+    pub(crate) allow_private_addrs: bool,
 }
 
 impl EventLoop {
-    pub(crate) fn new(
-        swarm: Swarm<Behaviour>,
-        commands: mpsc::Receiver<Command>,
-        events: broadcast::Sender<Event>,
-        shutdown: watch::Sender<bool>,
-        peers: Arc<PeerTable>,
-    ) -> Self {
-        Self {
-            swarm,
-            commands,
-            events,
-            shutdown,
-            pending_dials: HashMap::new(),
-            peers,
-        }
-    }
-
     /// Runs until a `Shutdown` command or until every handle is dropped.
     pub(crate) async fn run(mut self) {
         loop {
@@ -85,6 +79,29 @@ impl EventLoop {
         self.shutdown.send_replace(true);
         for (_, reply) in self.pending_dials.drain() {
             let _ = reply.send(Err(Error::Shutdown));
+        }
+        // Make what the node learned durable (the store's flush may wait on a disk).
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "peer store flush at shutdown failed"),
+            Err(e) => tracing::warn!(error = %e, "peer store flush at shutdown failed"),
+        }
+        let Self {
+            swarm,
+            store,
+            stopped,
+            ..
+        } = self;
+        drop(swarm);
+        drop(store);
+        stopped.send_replace(true);
+    }
+
+    /// Records `addr` for `peer` unless it is private and private addresses are not kept.
+    fn remember(&self, peer: PeerId, addr: Multiaddr) {
+        if self.allow_private_addrs || !is_private(&addr) {
+            self.store.add_peer_with_addr(peer, addr);
         }
     }
 
@@ -111,6 +128,10 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::Ban { peer, until } => {
+                self.store.ban(peer, until);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Shutdown => {}
         }
     }
@@ -135,6 +156,11 @@ impl EventLoop {
             } => {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
+                }
+                if endpoint.is_dialer() {
+                    // The address we dialed is one the peer listens on.
+                    self.store.record_outcome(peer_id, DialOutcome::Success);
+                    self.remember(peer_id, endpoint.get_remote_address().clone());
                 }
                 if num_established.get() == 1 {
                     tracing::debug!(peer = %peer_id, "connected");
@@ -161,6 +187,17 @@ impl EventLoop {
             } => {
                 let reason = error_chain(&error);
                 tracing::debug!(?peer_id, %reason, "dial failed");
+                // Our own refusals (ban, backoff, limits) and dials never tried say nothing
+                // about the peer.
+                let attempted = !matches!(
+                    error,
+                    DialError::Denied { .. }
+                        | DialError::DialPeerConditionFalse(_)
+                        | DialError::Aborted
+                );
+                if let (Some(peer), true) = (peer_id, attempted) {
+                    self.store.record_outcome(peer, DialOutcome::Failure);
+                }
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial {
                         peer: peer_id,
@@ -191,6 +228,10 @@ impl EventLoop {
                 let protocols: Vec<String> =
                     info.protocols.iter().map(ToString::to_string).collect();
                 self.peers.set(peer_id, protocols.clone());
+                self.store.set_protocols(peer_id, protocols.clone());
+                for addr in info.listen_addrs {
+                    self.remember(peer_id, addr);
+                }
                 self.emit(Event::PeerIdentified {
                     peer: peer_id,
                     protocols,

@@ -45,6 +45,7 @@ mod config;
 mod error;
 mod event;
 mod event_loop;
+mod gate;
 pub mod layer;
 mod node;
 mod peer_table;

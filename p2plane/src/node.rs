@@ -1,9 +1,16 @@
-use std::{marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    marker::PhantomData,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::StreamExt as _;
 use libp2p::{StreamProtocol, identify, ping, swarm::SwarmEvent};
 use p2plane_codec::CborCodec;
-use p2plane_core::{Error, Multiaddr, PeerId, Protocol, Request, is_valid_protocol_name};
+use p2plane_core::{
+    Error, Multiaddr, PeerId, PeerStore, Protocol, Request, is_valid_protocol_name,
+};
 use p2plane_transport::{build_swarm, identity};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tower::BoxError;
@@ -13,6 +20,7 @@ use crate::{
     Client, ConnectedPeers, Identity, NodeConfig, NodeError,
     event::{Event, Events},
     event_loop::{Behaviour, Command, EventLoop, error_chain},
+    gate::Gate,
     peer_table::PeerTable,
     server::{self, ServerContext},
     streams,
@@ -35,6 +43,7 @@ pub(crate) struct Shared {
     pub(crate) codec: CborCodec,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) stopped: watch::Receiver<bool>,
     pub(crate) local_peer_id: PeerId,
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
@@ -133,7 +142,9 @@ impl<P: Protocol> Node<P> {
         let streams = streams::Behaviour::new();
         let control = streams.control();
         let limits = config.limits.behaviour();
+        let gate = Gate::new(Arc::clone(&config.peer_store));
         let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
+            gate,
             limits,
             streams,
             identify: identify::Behaviour::new(
@@ -191,17 +202,25 @@ impl<P: Protocol> Node<P> {
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let peers = Arc::new(PeerTable::default());
-        tokio::spawn(
-            EventLoop::new(
-                swarm,
-                commands_rx,
-                events.clone(),
-                shutdown_tx,
-                peers.clone(),
-            )
-            .run(),
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        redial_known_peers(
+            &mut swarm,
+            config.peer_store.as_ref(),
+            config.redial_on_start,
         );
+        let peers = Arc::new(PeerTable::default());
+        let event_loop = EventLoop {
+            swarm,
+            commands: commands_rx,
+            events: events.clone(),
+            shutdown: shutdown_tx,
+            stopped: stopped_tx,
+            pending_dials: HashMap::new(),
+            peers: Arc::clone(&peers),
+            store: Arc::clone(&config.peer_store),
+            allow_private_addrs: config.allow_private_addrs,
+        };
+        tokio::spawn(event_loop.run());
 
         let codec = CborCodec::new(config.max_message_size);
         Ok(Self {
@@ -211,6 +230,7 @@ impl<P: Protocol> Node<P> {
                 codec,
                 events,
                 shutdown: shutdown_rx,
+                stopped: stopped_rx,
                 local_peer_id,
                 config,
                 peers,
@@ -295,6 +315,17 @@ impl<P: Protocol> Node<P> {
         ConnectedPeers::new(Arc::clone(&self.shared.peers))
     }
 
+    /// The node's peer store.
+    pub fn peer_store(&self) -> Arc<dyn PeerStore> {
+        Arc::clone(&self.shared.config.peer_store)
+    }
+
+    /// Refuses `peer` for `duration`, inbound and outbound, and closes its connections.
+    pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<(), Error> {
+        let until = SystemTime::now() + duration;
+        self.command(Command::Ban { peer, until }).await
+    }
+
     /// Subscribes to the node's events from now on.
     pub fn events(&self) -> Events {
         Events::new(self.shared.events.subscribe())
@@ -321,12 +352,15 @@ impl<P: Protocol> Node<P> {
         rx.await.map_err(|_| Error::Shutdown)
     }
 
-    /// Shuts the node down and waits until it has: connections close, servers stop, and
-    /// pending calls on every handle fail with [`Error::Shutdown`].
+    /// Shuts the node down and waits until it has: pending calls on every handle fail with
+    /// [`Error::Shutdown`], servers stop, the peer store is flushed (and released by the
+    /// event loop), and connections close.
     pub async fn shutdown(&self) {
         let _ = self.shared.commands.send(Command::Shutdown).await;
-        let mut shutdown = self.shared.shutdown.clone();
-        let _ = shutdown.wait_for(|done| *done).await;
+        // Returns once the node has flushed its peer store and released it, and closed its
+        // connections (or if the event loop is already gone).
+        let mut stopped = self.shared.stopped.clone();
+        let _ = stopped.wait_for(|done| *done).await;
     }
 
     async fn command(&self, command: Command) -> Result<(), Error> {
@@ -335,5 +369,30 @@ impl<P: Protocol> Node<P> {
             .send(command)
             .await
             .map_err(|_| Error::Shutdown)
+    }
+}
+
+/// Dials up to `limit` peers the store knows, most recently successful first, skipping
+/// banned peers and peers without addresses. Their outcomes are recorded as usual.
+fn redial_known_peers(swarm: &mut libp2p::Swarm<Behaviour>, store: &dyn PeerStore, limit: usize) {
+    let now = SystemTime::now();
+    let mut known: Vec<_> = store
+        .get_peers()
+        .into_iter()
+        .filter_map(|peer| store.record(&peer).map(|record| (peer, record)))
+        .filter(|(_, record)| !record.is_banned_at(now) && !record.addresses.is_empty())
+        .collect();
+    // Most recently successful first; never-successful peers last, most recently seen first.
+    known.sort_by_key(|(_, r)| {
+        std::cmp::Reverse((r.last_success, r.addresses.first().map(|(_, seen)| *seen)))
+    });
+    for (peer, record) in known.into_iter().take(limit) {
+        let addrs = record.addresses.into_iter().map(|(a, _)| a).collect();
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = swarm.dial(opts) {
+            tracing::debug!(%peer, error = %error_chain(&e), "redial failed");
+        }
     }
 }
