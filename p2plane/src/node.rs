@@ -191,6 +191,12 @@ impl<P: Protocol> Node<P> {
         .map_err(|_| listen_error("timed out waiting for the listener".to_owned()))??;
         tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
 
+        // Known peers first: a restarted node does not depend on the bootstrap node.
+        redial_known_peers(
+            &mut swarm,
+            config.peer_store.as_ref(),
+            config.redial_on_start,
+        );
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         if let Some(addr) = &config.bootstrap_addr
             && let Err(e) = swarm.dial(addr.clone())
@@ -203,11 +209,6 @@ impl<P: Protocol> Node<P> {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stopped_tx, stopped_rx) = watch::channel(false);
-        redial_known_peers(
-            &mut swarm,
-            config.peer_store.as_ref(),
-            config.redial_on_start,
-        );
         let peers = Arc::new(PeerTable::default());
         let event_loop = EventLoop {
             swarm,
