@@ -128,6 +128,7 @@ impl RedbPeerStore {
     /// Opens the store in `path` with `config`.
     pub fn open_with(path: impl AsRef<Path>, config: RedbConfig) -> Result<Self, PeerStoreError> {
         let path = path.as_ref();
+        create_atomically(path)?;
         let (db, book) = contain_panics(|| {
             let db = Database::create(path).map_err(storage_error)?;
             let (db, book) = Self::check_and_load(db, config)?;
@@ -219,6 +220,37 @@ impl Drop for RedbPeerStore {
             let _ = writer.join();
         }
     }
+}
+
+/// Makes sure `path` names a complete database: a new one is created under a temporary name
+/// and renamed into place, so a crash while creating it leaves no half-made file behind
+/// (redb writes a new file's magic number last, and such a file would read as corrupted).
+fn create_atomically(path: &Path) -> Result<(), PeerStoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let io =
+        |e: std::io::Error| PeerStoreError::Storage(format!("creating {}: {e}", path.display()));
+    let mut creating = path.as_os_str().to_owned();
+    creating.push(".creating");
+    let creating = PathBuf::from(creating);
+    // Left over from a crash during an earlier creation.
+    match std::fs::remove_file(&creating) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    drop(Database::create(&creating).map_err(storage_error)?);
+    std::fs::File::open(&creating)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&creating, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Runs `open`, turning a panic inside the storage engine into [`PeerStoreError::Corrupted`].

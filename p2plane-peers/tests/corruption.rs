@@ -101,3 +101,19 @@ fn open_or_recover_moves_a_bad_file_aside() {
         b"this is not a redb file, not even close"
     );
 }
+
+#[test]
+fn a_creation_interrupted_by_a_crash_leaves_nothing_that_blocks_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("peers.redb");
+    // What a crash while creating the file leaves: a half-made file under the temporary name.
+    fs::write(dir.path().join("peers.redb.creating"), [0u8; 1000]).unwrap();
+    let store = RedbPeerStore::open(&path).expect("a fresh store despite the leftover");
+    assert!(store.get_peers().is_empty());
+    assert!(
+        !dir.path().join("peers.redb.creating").exists(),
+        "the leftover is cleaned up"
+    );
+    drop(store);
+    assert!(RedbPeerStore::open(&path).is_ok());
+}
