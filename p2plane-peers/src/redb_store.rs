@@ -52,7 +52,8 @@ impl Default for RedbConfig {
 /// returned `Ok`, or once the next background commit has completed. Each commit is a redb
 /// transaction with immediate durability (fsync): after a crash at any moment, the file holds
 /// exactly the state of the last completed commit, so at most the changes since then are lost
-/// and nothing half-written is ever read.
+/// and nothing half-written is ever read. A new file is created under a temporary name and
+/// renamed into place, so a crash while creating it leaves no half-made store behind.
 ///
 /// **Corruption.** [`RedbPeerStore::open`] verifies every page's checksum and reads every
 /// record; a truncated or damaged file gives [`PeerStoreError::Corrupted`] (or `Storage` for
