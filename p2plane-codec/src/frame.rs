@@ -28,29 +28,61 @@ pub struct FrameBuf {
     start: usize,
 }
 
+/// Room kept before the payload for the length prefix and, in multiplexed frames, the id.
+const HEAD: usize = 2 * MAX_VARINT_LEN;
+
 impl FrameBuf {
     /// Encodes `value` with `codec` into a frame. Fails with [`CodecError::TooLarge`] when the
     /// encoding exceeds the codec's limit: nothing has been sent then.
     pub fn encode<C: Codec, T: Serialize>(codec: &C, value: &T) -> Result<Self, CodecError> {
         let mut buf = Vec::with_capacity(64);
-        buf.resize(MAX_VARINT_LEN, 0);
+        buf.resize(HEAD, 0);
         codec.encode(value, &mut buf)?;
-        let len = (buf.len() - MAX_VARINT_LEN) as u64;
-        let mut prefix = [0u8; MAX_VARINT_LEN];
-        let n = encode_varint(len, &mut prefix);
-        let start = MAX_VARINT_LEN - n;
-        buf[start..MAX_VARINT_LEN].copy_from_slice(&prefix[..n]);
-        Ok(Self { buf, start })
+        let mut frame = Self { buf, start: HEAD };
+        frame.write_head(None);
+        Ok(frame)
     }
 
-    /// The frame's bytes: prefix and payload.
+    /// Encodes `value` into a frame whose payload starts with `id` as an unsigned varint (the
+    /// multiplexed form: many requests share one stream and are matched by id).
+    pub fn encode_with_id<C: Codec, T: Serialize>(
+        codec: &C,
+        id: u64,
+        value: &T,
+    ) -> Result<Self, CodecError> {
+        let mut frame = Self::encode(codec, value)?;
+        frame.set_id(id);
+        Ok(frame)
+    }
+
+    /// Turns the frame into the multiplexed form carrying `id` (or changes its id).
+    pub fn set_id(&mut self, id: u64) {
+        self.write_head(Some(id));
+    }
+
+    fn write_head(&mut self, id: Option<u64>) {
+        let mut id_bytes = [0u8; MAX_VARINT_LEN];
+        let id_len = id.map_or(0, |id| encode_varint(id, &mut id_bytes));
+        let mut len_bytes = [0u8; MAX_VARINT_LEN];
+        let len_len = encode_varint((self.buf.len() - HEAD + id_len) as u64, &mut len_bytes);
+        self.start = HEAD - id_len - len_len;
+        self.buf[self.start..self.start + len_len].copy_from_slice(&len_bytes[..len_len]);
+        self.buf[self.start + len_len..HEAD].copy_from_slice(&id_bytes[..id_len]);
+    }
+
+    /// The frame's bytes: prefix (and id) and payload.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 
-    /// The payload's length, without the prefix.
-    pub fn payload_len(&self) -> usize {
-        self.buf.len() - MAX_VARINT_LEN
+    /// The frame's whole length.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Whether the frame is empty (it never is: the prefix is at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -94,7 +126,65 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(payload)
 }
 
-async fn read_varint<R: AsyncRead + Unpin>(io: &mut R) -> Result<u64, FrameError> {
+/// One frame read from a shared (multiplexed) stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedFrame {
+    /// A frame within the limit: its id and the encoded value.
+    Frame {
+        /// The request id.
+        id: u64,
+        /// The encoded value (the payload after the id).
+        body: Vec<u8>,
+    },
+    /// A frame larger than the limit: its id was read and the rest discarded without
+    /// buffering it, so the stream stays usable.
+    TooLarge {
+        /// The request id.
+        id: u64,
+        /// The frame's announced length.
+        len: u64,
+    },
+}
+
+/// Reads one frame of a shared stream: a length prefix, then a request id, then the value.
+///
+/// A frame whose value exceeds `limit` is skipped (read into a small scratch buffer and
+/// dropped) and reported as [`SharedFrame::TooLarge`], so one oversized message fails one
+/// request, not the stream. A stream that ends before the first byte gives
+/// [`CodecError::Truncated`] with `expected: 0, got: 0`: the peer closed cleanly.
+pub async fn read_shared_frame<R: AsyncRead + Unpin>(
+    io: &mut R,
+    limit: usize,
+) -> Result<SharedFrame, FrameError> {
+    let len = read_varint(io).await?;
+    let (id, id_len) = read_varint_counted(io).await?;
+    let rest = len
+        .checked_sub(id_len as u64)
+        .ok_or(CodecError::BadLength("frame shorter than its id"))?;
+    if rest > limit as u64 {
+        let skipped = futures::io::copy(&mut io.take(rest), &mut futures::io::sink()).await?;
+        if skipped < rest {
+            return Err(CodecError::Truncated {
+                expected: len,
+                got: skipped + id_len as u64,
+            }
+            .into());
+        }
+        return Ok(SharedFrame::TooLarge { id, len });
+    }
+    let mut body = Vec::with_capacity((rest as usize).min(16 * 1024));
+    io.take(rest).read_to_end(&mut body).await?;
+    if (body.len() as u64) < rest {
+        return Err(CodecError::Truncated {
+            expected: len,
+            got: body.len() as u64 + id_len as u64,
+        }
+        .into());
+    }
+    Ok(SharedFrame::Frame { id, body })
+}
+
+async fn read_varint_counted<R: AsyncRead + Unpin>(io: &mut R) -> Result<(u64, usize), FrameError> {
     let mut value: u64 = 0;
     for i in 0..MAX_VARINT_LEN {
         let mut byte = [0u8; 1];
@@ -111,10 +201,31 @@ async fn read_varint<R: AsyncRead + Unpin>(io: &mut R) -> Result<u64, FrameError
             if b == 0 && i > 0 {
                 return Err(CodecError::BadLength("not minimally encoded").into());
             }
-            return Ok(value);
+            return Ok((value, i + 1));
         }
     }
     Err(CodecError::BadLength("longer than 9 bytes").into())
+}
+
+/// Splits a multiplexed payload into its id and the encoded value that follows.
+pub fn split_id(payload: &[u8]) -> Result<(u64, &[u8]), CodecError> {
+    let mut value: u64 = 0;
+    for (i, &b) in payload.iter().take(MAX_VARINT_LEN).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(CodecError::BadLength("request id not minimally encoded"));
+            }
+            return Ok((value, &payload[i + 1..]));
+        }
+    }
+    Err(CodecError::BadLength(
+        "request id missing or longer than 9 bytes",
+    ))
+}
+
+async fn read_varint<R: AsyncRead + Unpin>(io: &mut R) -> Result<u64, FrameError> {
+    read_varint_counted(io).await.map(|(value, _)| value)
 }
 
 #[cfg(test)]
@@ -151,9 +262,58 @@ mod tests {
         let codec = CborCodec::default();
         let value = vec![7u8; 300];
         let frame = FrameBuf::encode(&codec, &value).unwrap();
-        assert_eq!(frame.as_bytes().len(), frame.payload_len() + 2);
+        assert_eq!(frame.len(), frame.as_bytes().len());
         let payload = read(frame.as_bytes(), 1000).unwrap();
         assert_eq!(codec.decode::<Vec<u8>>(&payload).unwrap(), value);
+    }
+
+    #[test]
+    fn frames_with_ids_round_trip() {
+        let codec = CborCodec::default();
+        for id in [0u64, 1, 127, 128, 300, u64::MAX >> 1] {
+            let frame = FrameBuf::encode_with_id(&codec, id, &"hello").unwrap();
+            let payload = read(frame.as_bytes(), 1000).unwrap();
+            let (got, body) = split_id(&payload).unwrap();
+            assert_eq!(got, id);
+            assert_eq!(codec.decode::<String>(body).unwrap(), "hello");
+        }
+        assert!(split_id(&[]).is_err());
+        assert!(split_id(&[0x80, 0x00]).is_err());
+    }
+
+    #[test]
+    fn oversized_shared_frames_are_skipped_and_the_stream_goes_on() {
+        let codec = CborCodec::default();
+        let mut wire = FrameBuf::encode_with_id(&codec, 5, &vec![1u8; 3000])
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        wire.extend_from_slice(
+            FrameBuf::encode_with_id(&codec, 6, &"next")
+                .unwrap()
+                .as_bytes(),
+        );
+        let mut r = &wire[..];
+        let first = block_on(read_shared_frame(&mut r, 1000)).unwrap();
+        assert!(matches!(first, SharedFrame::TooLarge { id: 5, len } if len > 3000));
+        match block_on(read_shared_frame(&mut r, 1000)).unwrap() {
+            SharedFrame::Frame { id, body } => {
+                assert_eq!(id, 6);
+                assert_eq!(codec.decode::<String>(&body).unwrap(), "next");
+            }
+            other => panic!("{other:?}"),
+        }
+        let end = block_on(read_shared_frame(&mut r, 1000)).unwrap_err();
+        assert!(matches!(
+            end,
+            FrameError::Codec(CodecError::Truncated {
+                expected: 0,
+                got: 0
+            })
+        ));
+        // A length smaller than its id is malformed.
+        let mut bad: &[u8] = &[0x01, 0x80, 0x01];
+        assert!(block_on(read_shared_frame(&mut bad, 1000)).is_err());
     }
 
     #[test]

@@ -29,5 +29,7 @@ mod frame;
 
 pub use cbor::{CborCodec, DEFAULT_MAX_MESSAGE_SIZE};
 pub use envelope::Envelope;
-pub use frame::{FrameBuf, FrameError, MAX_VARINT_LEN, read_frame};
+pub use frame::{
+    FrameBuf, FrameError, MAX_VARINT_LEN, SharedFrame, read_frame, read_shared_frame, split_id,
+};
 pub use p2plane_core::{Codec, CodecError};

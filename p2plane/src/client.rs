@@ -12,6 +12,7 @@ use p2plane_core::{Codec as _, CodecError, Error, PeerId, Protocol, Request};
 use tower_service::Service;
 
 use crate::{
+    mux::{MAX_MUX_FRAME, mux_protocol},
     node::{Shared, stream_protocol},
     streams::OpenError,
 };
@@ -26,15 +27,21 @@ use crate::{
 /// `request_timeout`.
 pub struct Client<P: Protocol> {
     shared: Arc<Shared>,
-    protocol: StreamProtocol,
+    protocols: Arc<Protocols>,
     _protocol: PhantomData<fn() -> P>,
+}
+
+/// A protocol's two stream names: one request per stream, and the shared form.
+pub(crate) struct Protocols {
+    pub(crate) plain: StreamProtocol,
+    pub(crate) mux: StreamProtocol,
 }
 
 impl<P: Protocol> Clone for Client<P> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
-            protocol: self.protocol.clone(),
+            protocols: Arc::clone(&self.protocols),
             _protocol: PhantomData,
         }
     }
@@ -52,7 +59,10 @@ impl<P: Protocol> Client<P> {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            protocol: stream_protocol::<P>(),
+            protocols: Arc::new(Protocols {
+                plain: stream_protocol::<P>(),
+                mux: mux_protocol(P::NAME),
+            }),
             _protocol: PhantomData,
         }
     }
@@ -62,7 +72,7 @@ impl<P: Protocol> Client<P> {
     pub async fn request(&self, peer: PeerId, body: P::Request) -> Result<P::Response, Error> {
         call::<P>(
             Arc::clone(&self.shared),
-            self.protocol.clone(),
+            Arc::clone(&self.protocols),
             Request::for_protocol::<P>(peer, body),
         )
         .await
@@ -84,7 +94,7 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
     fn call(&mut self, request: Request<P::Request>) -> Self::Future {
         Box::pin(call::<P>(
             Arc::clone(&self.shared),
-            self.protocol.clone(),
+            Arc::clone(&self.protocols),
             request,
         ))
     }
@@ -92,7 +102,7 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
 
 async fn call<P: Protocol>(
     shared: Arc<Shared>,
-    protocol: StreamProtocol,
+    protocols: Arc<Protocols>,
     request: Request<P::Request>,
 ) -> Result<P::Response, Error> {
     let peer = request.peer();
@@ -103,7 +113,7 @@ async fn call<P: Protocol>(
     let frame = FrameBuf::encode(&shared.codec, request.body())?;
     let mut shutdown = shared.shutdown.clone();
     let result = tokio::select! {
-        result = tokio::time::timeout(shared.config.request_timeout, exchange::<P>(&shared, protocol, peer, &frame)) => {
+        result = tokio::time::timeout(shared.config.request_timeout, exchange::<P>(&shared, &protocols, peer, &frame)) => {
             result.unwrap_or(Err(Error::Timeout { peer }))
         }
         _ = shutdown.wait_for(|down| *down) => Err(Error::Shutdown),
@@ -117,43 +127,73 @@ async fn call<P: Protocol>(
 
 async fn exchange<P: Protocol>(
     shared: &Shared,
-    protocol: StreamProtocol,
+    protocols: &Protocols,
     peer: PeerId,
     frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
-    let unsupported = || Error::UnsupportedProtocol {
-        peer,
-        protocol: protocol.to_string(),
-    };
-    // With optimistic negotiation, a peer that does not speak the protocol is detected on the
-    // first read or write rather than when the stream opens.
-    let stream_error = |e: io::Error| {
-        if is_negotiation_failure(&e) {
-            unsupported()
-        } else {
-            io_error(peer, e)
+    let limit = shared.codec.max_message_size();
+    let shared_stream = shared.config.multiplex
+        && frame.len() <= MAX_MUX_FRAME
+        && shared.mux.speaks_mux(peer, &protocols.mux);
+    let bytes = if shared_stream {
+        let idle = shared.config.transport.idle_connection_timeout;
+        match shared
+            .mux
+            .call(
+                &shared.control,
+                peer,
+                &protocols.mux,
+                frame.clone(),
+                limit,
+                idle,
+            )
+            .await
+        {
+            // A peer without the shared form: a stream per request from now on.
+            Err(Error::UnsupportedProtocol { .. }) => {
+                shared.mux.mark_no_mux(peer, protocols.mux.clone());
+                single(shared, &protocols.plain, peer, frame).await?
+            }
+            other => other?,
         }
+    } else {
+        single(shared, &protocols.plain, peer, frame).await?
     };
+    let envelope: Envelope<P::Response> =
+        shared.codec.decode(&bytes).map_err(|e| Error::Protocol {
+            peer,
+            reason: e.to_string(),
+        })?;
+    match envelope {
+        Envelope::Ok(response) => Ok(response),
+        Envelope::Busy => Err(Error::Busy { peer }),
+        Envelope::Rejected(reason) => Err(Error::Rejected {
+            peer: Some(peer),
+            reason,
+        }),
+        Envelope::Failed(message) => Err(Error::Failed { peer, message }),
+    }
+}
+
+/// One request on a stream of its own; returns the response payload.
+async fn single(
+    shared: &Shared,
+    protocol: &StreamProtocol,
+    peer: PeerId,
+    frame: &FrameBuf,
+) -> Result<Vec<u8>, Error> {
+    let stream_error = |e: io::Error| map_stream_error(e, peer, protocol);
     let mut stream = shared
         .control
         .open(peer, protocol.clone())
         .await
-        .map_err(|e| match e {
-            OpenError::Unsupported => unsupported(),
-            OpenError::Dial(reason) => Error::Dial {
-                peer: Some(peer),
-                reason,
-            },
-            OpenError::Closed => Error::ConnectionClosed { peer },
-            OpenError::Timeout => Error::Timeout { peer },
-            OpenError::Io(e) => stream_error(e),
-        })?;
+        .map_err(|e| map_open_error(e, peer, protocol))?;
     stream
         .write_all(frame.as_bytes())
         .await
         .map_err(stream_error)?;
     stream.close().await.map_err(stream_error)?;
-    let bytes = read_frame(&mut stream, shared.codec.max_message_size())
+    read_frame(&mut stream, shared.codec.max_message_size())
         .await
         .map_err(|e| match e {
             FrameError::Io(e) => stream_error(e),
@@ -170,21 +210,44 @@ async fn exchange<P: Protocol>(
                 peer,
                 reason: other.to_string(),
             },
-        })?;
-    let envelope: Envelope<P::Response> =
-        shared.codec.decode(&bytes).map_err(|e| Error::Protocol {
+        })
+}
+
+pub(crate) fn map_open_error(e: OpenError, peer: PeerId, protocol: &StreamProtocol) -> Error {
+    match e {
+        OpenError::Unsupported => Error::UnsupportedProtocol {
             peer,
-            reason: e.to_string(),
-        })?;
-    match envelope {
-        Envelope::Ok(response) => Ok(response),
-        Envelope::Busy => Err(Error::Busy { peer }),
-        Envelope::Rejected(reason) => Err(Error::Rejected {
+            protocol: plain_name(protocol),
+        },
+        OpenError::Dial(reason) => Error::Dial {
             peer: Some(peer),
             reason,
-        }),
-        Envelope::Failed(message) => Err(Error::Failed { peer, message }),
+        },
+        OpenError::Closed => Error::ConnectionClosed { peer },
+        OpenError::Timeout => Error::Timeout { peer },
+        OpenError::Io(e) => map_stream_error(e, peer, protocol),
     }
+}
+
+/// With optimistic negotiation, a peer that does not speak the protocol is detected on the
+/// first read or write rather than when the stream opens.
+pub(crate) fn map_stream_error(e: io::Error, peer: PeerId, protocol: &StreamProtocol) -> Error {
+    if is_negotiation_failure(&e) {
+        Error::UnsupportedProtocol {
+            peer,
+            protocol: plain_name(protocol),
+        }
+    } else {
+        io_error(peer, e)
+    }
+}
+
+/// The application's protocol name, without the shared-stream suffix.
+fn plain_name(protocol: &StreamProtocol) -> String {
+    let name = protocol.as_ref();
+    name.strip_suffix(crate::mux::SUFFIX)
+        .unwrap_or(name)
+        .to_owned()
 }
 
 fn is_negotiation_failure(e: &io::Error) -> bool {

@@ -66,6 +66,10 @@ pub struct NodeConfig {
     /// How many known peers a node dials when it starts (most recently successful first).
     /// Default 8.
     pub redial_on_start: usize,
+    /// Carry small requests to a peer on one shared stream per protocol (ids match
+    /// responses to requests) instead of a stream per request. Default `true`; peers that do
+    /// not serve the shared form are reached with a stream per request either way.
+    pub multiplex: bool,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -82,6 +86,7 @@ impl fmt::Debug for NodeConfig {
             .field("limits", &self.limits)
             .field("allow_private_addrs", &self.allow_private_addrs)
             .field("redial_on_start", &self.redial_on_start)
+            .field("multiplex", &self.multiplex)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +106,7 @@ impl Default for NodeConfig {
             peer_store: Arc::new(MemoryPeerStore::default()),
             allow_private_addrs: false,
             redial_on_start: 8,
+            multiplex: true,
         }
     }
 }

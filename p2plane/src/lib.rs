@@ -47,6 +47,7 @@ mod event;
 mod event_loop;
 mod gate;
 pub mod layer;
+mod mux;
 mod node;
 mod peer_table;
 mod server;

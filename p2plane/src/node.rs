@@ -12,7 +12,7 @@ use p2plane_core::{
     Error, Multiaddr, PeerId, PeerStore, Protocol, Request, is_valid_protocol_name,
 };
 use p2plane_transport::{build_swarm, identity};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tower::BoxError;
 use tower_service::Service;
 
@@ -47,6 +47,7 @@ pub(crate) struct Shared {
     pub(crate) local_peer_id: PeerId,
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
+    pub(crate) mux: crate::mux::Pool,
 }
 
 impl Shared {
@@ -235,6 +236,7 @@ impl<P: Protocol> Node<P> {
                 local_peer_id,
                 config,
                 peers,
+                mux: crate::mux::Pool::default(),
             }),
             _protocol: PhantomData,
         })
@@ -293,18 +295,26 @@ impl<P: Protocol> Node<P> {
         }
         let protocol = stream_protocol::<Q>();
         let limit = self.shared.config.max_concurrent_inbound;
-        let inbound = self
-            .shared
-            .control
+        let control = &self.shared.control;
+        let inbound = control
             .accept(protocol, limit)
             .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
-        let context = ServerContext {
+        let shared_inbound = control
+            .accept(crate::mux::mux_protocol(Q::NAME), limit)
+            .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
+        let context = Arc::new(ServerContext {
             codec: self.shared.codec,
             events: self.shared.events.clone(),
             shutdown: self.shared.shutdown.clone(),
             timeout: self.shared.config.inbound_timeout,
-            max_concurrent: limit,
-        };
+            workers: Arc::new(Semaphore::new(limit)),
+            helpers: Arc::new(Semaphore::new(limit)),
+        });
+        tokio::spawn(server::run_shared::<Q, H>(
+            Arc::clone(&context),
+            shared_inbound,
+            handler.clone(),
+        ));
         tokio::spawn(server::run::<Q, H>(context, inbound, handler));
         Ok(())
     }

@@ -1,0 +1,260 @@
+//! Multiplexed request streams: one long-lived stream per peer and protocol carries many
+//! requests, each frame tagged with an id, so a request costs no stream setup or protocol
+//! negotiation and many requests share one write.
+//!
+//! The stream is negotiated under the protocol's name followed by [`SUFFIX`]. A peer that
+//! does not serve that name (another implementation speaking only the one-stream-per-request
+//! form in `docs/wire.md`) is remembered and reached with a stream per request instead.
+//! Requests whose frame is larger than [`MAX_MUX_FRAME`] always use a stream of their own, so
+//! a large body does not hold up small ones.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, future};
+use libp2p::{PeerId, StreamProtocol};
+use p2plane_codec::{FrameBuf, FrameError, SharedFrame, read_shared_frame};
+use p2plane_core::{CodecError, Error};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{client::map_stream_error, streams};
+
+/// Appended to a protocol's name to name its multiplexed form.
+pub(crate) const SUFFIX: &str = "/p2plane-mux/1";
+/// The largest frame sent on a shared stream.
+pub(crate) const MAX_MUX_FRAME: usize = 64 * 1024;
+/// Requests in flight on one shared stream; more wait for a slot.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Bytes gathered into one write.
+const BATCH: usize = 64 * 1024;
+/// The most (peer, protocol) pairs remembered as not speaking the multiplexed form.
+const MAX_NO_MUX: usize = 10_000;
+
+pub(crate) fn mux_protocol(name: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("{name}{SUFFIX}"))
+        .expect("a valid name plus a suffix is valid")
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, Error>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One shared stream to a peer for a protocol, driven by a task of its own.
+struct Channel {
+    frames: mpsc::Sender<FrameBuf>,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+    slots: Semaphore,
+    alive: Arc<AtomicBool>,
+}
+
+/// The node's shared streams.
+#[derive(Default)]
+pub(crate) struct Pool {
+    channels: Mutex<HashMap<(PeerId, StreamProtocol), Arc<Channel>>>,
+    no_mux: Mutex<HashSet<(PeerId, StreamProtocol)>>,
+}
+
+impl Pool {
+    pub(crate) fn speaks_mux(&self, peer: PeerId, protocol: &StreamProtocol) -> bool {
+        !lock(&self.no_mux).contains(&(peer, protocol.clone()))
+    }
+
+    pub(crate) fn mark_no_mux(&self, peer: PeerId, protocol: StreamProtocol) {
+        let mut set = lock(&self.no_mux);
+        if set.len() >= MAX_NO_MUX {
+            set.clear();
+        }
+        set.insert((peer, protocol));
+    }
+
+    fn channel(
+        &self,
+        control: &streams::Control,
+        peer: PeerId,
+        protocol: &StreamProtocol,
+        limit: usize,
+        idle: Duration,
+    ) -> Arc<Channel> {
+        let mut channels = lock(&self.channels);
+        let key = (peer, protocol.clone());
+        if let Some(channel) = channels
+            .get(&key)
+            .filter(|c| c.alive.load(Ordering::Acquire))
+        {
+            return Arc::clone(channel);
+        }
+        channels.retain(|_, c| c.alive.load(Ordering::Acquire));
+        let (frames, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let channel = Arc::new(Channel {
+            frames,
+            pending: Arc::default(),
+            next_id: AtomicU64::new(0),
+            slots: Semaphore::new(MAX_IN_FLIGHT),
+            alive: Arc::new(AtomicBool::new(true)),
+        });
+        tokio::spawn(drive(
+            control.clone(),
+            peer,
+            protocol.clone(),
+            rx,
+            Arc::clone(&channel.pending),
+            Arc::clone(&channel.alive),
+            limit,
+            idle,
+        ));
+        channels.insert(key, Arc::clone(&channel));
+        channel
+    }
+
+    /// Sends `frame` on the shared stream to `peer` and returns the response payload.
+    pub(crate) async fn call(
+        &self,
+        control: &streams::Control,
+        peer: PeerId,
+        protocol: &StreamProtocol,
+        mut frame: FrameBuf,
+        limit: usize,
+        idle: Duration,
+    ) -> Result<Vec<u8>, Error> {
+        let channel = self.channel(control, peer, protocol, limit, idle);
+        let _slot = channel
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Error::ConnectionClosed { peer })?;
+        let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
+        frame.set_id(id);
+        let (tx, rx) = oneshot::channel();
+        lock(&channel.pending).insert(id, tx);
+        // Forget the id if the caller gives up (timeout, cancellation).
+        let _forget = Forget {
+            pending: &channel.pending,
+            id,
+        };
+        channel
+            .frames
+            .send(frame)
+            .await
+            .map_err(|_| Error::ConnectionClosed { peer })?;
+        rx.await.map_err(|_| Error::ConnectionClosed { peer })?
+    }
+}
+
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
+
+/// Reads response frames and hands each to the caller waiting for its id, until the stream
+/// fails or ends.
+async fn read_responses<R: futures::AsyncRead + Unpin>(
+    reader: &mut R,
+    pending: &Pending,
+    peer: PeerId,
+    limit: usize,
+    stream_error: impl Fn(io::Error) -> Error,
+) -> Result<(), Error> {
+    loop {
+        let frame = read_shared_frame(reader, limit)
+            .await
+            .map_err(|e| match e {
+                FrameError::Io(e) => stream_error(e),
+                FrameError::Codec(CodecError::Truncated {
+                    expected: 0,
+                    got: 0,
+                }) => Error::ConnectionClosed { peer },
+                other => Error::Protocol {
+                    peer,
+                    reason: other.to_string(),
+                },
+            })?;
+        let (id, outcome) = match frame {
+            SharedFrame::Frame { id, body } => (id, Ok(body)),
+            SharedFrame::TooLarge { id, len } => (
+                id,
+                Err(Error::TooLarge {
+                    limit,
+                    len,
+                    response: true,
+                }),
+            ),
+        };
+        if let Some(tx) = lock(pending).remove(&id) {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// Writes every frame queued in `frames` (many per write when they pile up), and reads the
+/// responses, handing each to its caller. Ends when the stream fails, or when it has been
+/// idle for `idle` with nothing in flight; every caller still waiting gets the error.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    control: streams::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    mut frames: mpsc::Receiver<FrameBuf>,
+    pending: Arc<Pending>,
+    alive: Arc<AtomicBool>,
+    limit: usize,
+    idle: Duration,
+) {
+    let outcome: Result<(), Error> = async {
+        let stream = control
+            .open(peer, protocol.clone())
+            .await
+            .map_err(|e| crate::client::map_open_error(e, peer, &protocol))?;
+        let (mut reader, mut writer) = stream.split();
+        let stream_error = |e: io::Error| map_stream_error(e, peer, &protocol);
+        let write = async {
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let first = match tokio::time::timeout(idle, frames.recv()).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return Ok(()),
+                    Err(_) if lock(&pending).is_empty() => return Ok(()),
+                    Err(_) => continue,
+                };
+                batch.clear();
+                batch.extend_from_slice(first.as_bytes());
+                while batch.len() < BATCH {
+                    match frames.try_recv() {
+                        Ok(frame) => batch.extend_from_slice(frame.as_bytes()),
+                        Err(_) => break,
+                    }
+                }
+                writer.write_all(&batch).await.map_err(stream_error)?;
+                writer.flush().await.map_err(stream_error)?;
+            }
+        };
+        let read = read_responses(&mut reader, &pending, peer, limit, stream_error);
+        futures::pin_mut!(write, read);
+        match future::select(write, read).await {
+            future::Either::Left((result, _)) => result,
+            future::Either::Right((result, _)) => result,
+        }
+    }
+    .await;
+    alive.store(false, Ordering::Release);
+    frames.close();
+    let error = outcome.err().unwrap_or(Error::ConnectionClosed { peer });
+    for (_, tx) in lock(&pending).drain() {
+        let _ = tx.send(Err(error.clone()));
+    }
+}
