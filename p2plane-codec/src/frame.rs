@@ -157,10 +157,19 @@ pub async fn read_shared_frame<R: AsyncRead + Unpin>(
     limit: usize,
 ) -> Result<SharedFrame, FrameError> {
     let len = read_varint(io).await?;
-    let (id, id_len) = read_varint_counted(io).await?;
-    let rest = len
-        .checked_sub(id_len as u64)
-        .ok_or(CodecError::BadLength("frame shorter than its id"))?;
+    // The id lies inside the frame: never read past the frame for it.
+    let max_id_len = usize::try_from(len)
+        .unwrap_or(MAX_VARINT_LEN)
+        .min(MAX_VARINT_LEN);
+    let (id, id_len) = read_varint_counted(io, max_id_len)
+        .await
+        .map_err(|e| match e {
+            FrameError::Codec(CodecError::BadLength(_)) if max_id_len < MAX_VARINT_LEN => {
+                CodecError::BadLength("frame shorter than its id").into()
+            }
+            other => other,
+        })?;
+    let rest = len - id_len as u64;
     if rest > limit as u64 {
         let skipped = futures::io::copy(&mut io.take(rest), &mut futures::io::sink()).await?;
         if skipped < rest {
@@ -184,9 +193,13 @@ pub async fn read_shared_frame<R: AsyncRead + Unpin>(
     Ok(SharedFrame::Frame { id, body })
 }
 
-async fn read_varint_counted<R: AsyncRead + Unpin>(io: &mut R) -> Result<(u64, usize), FrameError> {
+/// Reads an unsigned varint of at most `max_len` bytes, returning it and its length.
+async fn read_varint_counted<R: AsyncRead + Unpin>(
+    io: &mut R,
+    max_len: usize,
+) -> Result<(u64, usize), FrameError> {
     let mut value: u64 = 0;
-    for i in 0..MAX_VARINT_LEN {
+    for i in 0..max_len {
         let mut byte = [0u8; 1];
         if io.read(&mut byte).await? == 0 {
             return Err(CodecError::Truncated {
@@ -225,7 +238,9 @@ pub fn split_id(payload: &[u8]) -> Result<(u64, &[u8]), CodecError> {
 }
 
 async fn read_varint<R: AsyncRead + Unpin>(io: &mut R) -> Result<u64, FrameError> {
-    read_varint_counted(io).await.map(|(value, _)| value)
+    read_varint_counted(io, MAX_VARINT_LEN)
+        .await
+        .map(|(value, _)| value)
 }
 
 #[cfg(test)]
@@ -311,9 +326,16 @@ mod tests {
                 got: 0
             })
         ));
-        // A length smaller than its id is malformed.
-        let mut bad: &[u8] = &[0x01, 0x80, 0x01];
-        assert!(block_on(read_shared_frame(&mut bad, 1000)).is_err());
+        // A length smaller than its id is malformed, and is found without reading past the
+        // frame (nothing follows here: reading on would be a stall on a real stream).
+        for bad in [&[0x01, 0x80][..], &[0x02, 0xff, 0xff], &[0x00]] {
+            let mut r = bad;
+            let err = block_on(read_shared_frame(&mut r, 1000)).unwrap_err();
+            assert!(
+                matches!(err, FrameError::Codec(CodecError::BadLength(_))),
+                "{bad:?}: {err:?}"
+            );
+        }
     }
 
     #[test]

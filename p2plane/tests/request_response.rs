@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tower::{Service, ServiceExt as _};
 
-async fn thousand_requests(listen: &str) {
+async fn thousand_requests(listen: &str, multiplex: bool) {
     let server = echo_node(config(listen)).await;
-    let node = Node::<Echo>::new(config(listen)).await.unwrap();
+    let mut client_config = config(listen);
+    client_config.multiplex = multiplex;
+    let node = Node::<Echo>::new(client_config).await.unwrap();
     let peer = within("dial", node.dial(first_addr(&server).await))
         .await
         .unwrap();
@@ -50,12 +52,22 @@ async fn thousand_requests(listen: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_thousand_requests_sequential_and_64_in_flight() {
-    thousand_requests(TCP).await;
+    thousand_requests(TCP, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_thousand_requests_one_stream_per_request() {
+    thousand_requests(TCP, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_thousand_requests_sequential_and_64_in_flight() {
-    thousand_requests(QUIC).await;
+    thousand_requests(QUIC, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_thousand_requests_one_stream_per_request() {
+    thousand_requests(QUIC, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,204 @@
+//! The shared (multiplexed) request stream: fallback to peers that speak only the
+//! one-request-per-stream form, and hostile bytes on a shared stream.
+
+mod common;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use common::*;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{StreamProtocol, swarm::SwarmEvent};
+use p2plane::{
+    CodecError, Event, InboundError, Message, Node,
+    codec::{
+        CborCodec, Codec as _, Envelope, FrameBuf, SharedFrame, read_frame, read_shared_frame,
+    },
+    transport::{TransportConfig, build_swarm, identity},
+};
+
+const LIMIT: usize = p2plane::codec::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// A peer built on plain libp2p that implements only what `docs/wire.md` specifies for one
+/// request per stream: it does not know the shared form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_shared_form_is_reached_one_stream_per_request() {
+    let mut swarm = build_swarm(identity::generate(), &TransportConfig::default(), |_| {
+        libp2p_stream::Behaviour::new()
+    })
+    .unwrap();
+    let mut incoming = swarm
+        .behaviour()
+        .new_control()
+        .accept(StreamProtocol::new(Echo::PROTOCOL))
+        .unwrap();
+    swarm.listen_on(TCP.parse().unwrap()).unwrap();
+    let addr = within("listen", async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await;
+    let other_id = *swarm.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    tokio::spawn(async move {
+        let codec = CborCodec::default();
+        while let Some((_, mut stream)) = incoming.next().await {
+            let request: Echo = codec
+                .decode(&read_frame(&mut stream, LIMIT).await.unwrap())
+                .unwrap();
+            let reply =
+                FrameBuf::encode(&codec, &Envelope::Ok(answer(&request, other_id))).unwrap();
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            stream.close().await.unwrap();
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+
+    let node = Node::<Echo>::new(config(TCP)).await.unwrap();
+    let peer = node.dial(addr).await.unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            node.client().request(peer, echo(i)).await.unwrap(),
+            answer(&echo(i), peer)
+        );
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_on_a_shared_stream_are_refused_and_the_node_keeps_serving() {
+    let node = echo_node(config(TCP)).await;
+    let mut events = node.events();
+    let mut swarm = build_swarm(identity::generate(), &TransportConfig::default(), |_| {
+        libp2p_stream::Behaviour::new()
+    })
+    .unwrap();
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(first_addr(&node).await).unwrap();
+    let peer = within("connect", async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                swarm.select_next_some().await
+            {
+                return peer_id;
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let shared =
+        StreamProtocol::try_from_owned(format!("{}/p2plane-mux/1", Echo::PROTOCOL)).unwrap();
+    let codec = CborCodec::default();
+    let mut stream = control.open_stream(peer, shared.clone()).await.unwrap();
+
+    // An undecodable body with a valid id: refused for that id; the stream goes on.
+    let mut garbage = vec![4u8, 7, 0xff, 0xfe, 0xfd];
+    // An oversized frame (5 MiB announced and sent): refused for its id; the stream goes on.
+    let big =
+        FrameBuf::encode_with_id(&CborCodec::new(usize::MAX), 8, &vec![0u8; 5 << 20]).unwrap();
+    garbage.extend_from_slice(big.as_bytes());
+    // An honest request after both.
+    garbage.extend_from_slice(
+        FrameBuf::encode_with_id(&codec, 9, &echo(3))
+            .unwrap()
+            .as_bytes(),
+    );
+    stream.write_all(&garbage).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 3 {
+        match within("an answer", read_shared_frame(&mut stream, LIMIT))
+            .await
+            .unwrap()
+        {
+            SharedFrame::Frame { id, body } => {
+                answers.insert(id, codec.decode::<Envelope<Echo>>(&body).unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        matches!(answers[&7], Envelope::Rejected(_)),
+        "{:?}",
+        answers[&7]
+    );
+    assert!(
+        matches!(answers[&8], Envelope::Rejected(_)),
+        "{:?}",
+        answers[&8]
+    );
+    assert_eq!(
+        answers[&9],
+        Envelope::Ok(answer(&echo(3), node.local_peer_id()))
+    );
+    for expected in ["decode", "too large"] {
+        let error = wait_event(&mut events, expected, |e| match e {
+            Event::InboundFailure { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .await;
+        match expected {
+            "decode" => assert!(matches!(error, InboundError::Decode(_)), "{error:?}"),
+            _ => assert!(
+                matches!(error, InboundError::Frame(CodecError::TooLarge { .. })),
+                "{error:?}"
+            ),
+        }
+    }
+
+    // A frame without a valid id breaks the framing: the node closes that stream only.
+    stream.write_all(&[0x02, 0xff, 0xff]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut rest = Vec::new();
+    within("the stream to close", stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    let error = wait_event(&mut events, "bad id", |e| match e {
+        Event::InboundFailure { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(error, InboundError::Frame(CodecError::BadLength(_))),
+        "{error:?}"
+    );
+
+    // A new shared stream on the same connection works.
+    let mut again = control.open_stream(peer, shared).await.unwrap();
+    again
+        .write_all(
+            FrameBuf::encode_with_id(&codec, 1, &echo(4))
+                .unwrap()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    again.flush().await.unwrap();
+    match within("answer", read_shared_frame(&mut again, LIMIT))
+        .await
+        .unwrap()
+    {
+        SharedFrame::Frame { id: 1, body } => {
+            assert_eq!(
+                codec.decode::<Envelope<Echo>>(&body).unwrap(),
+                Envelope::Ok(answer(&echo(4), node.local_peer_id()))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
