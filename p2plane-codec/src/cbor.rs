@@ -28,17 +28,20 @@ impl Default for CborCodec {
 
 impl Codec for CborCodec {
     fn encode<T: Serialize>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-        let start = buf.len();
-        ciborium::into_writer(value, &mut *buf).map_err(|e| CodecError::Encode(e.to_string()))?;
-        let len = buf.len() - start;
-        if len > self.max_message_size {
-            buf.truncate(start);
+        // Measure first: a value over the limit is refused without building it, and the
+        // buffer is sized once instead of doubling (large byte strings are one write each,
+        // so measuring costs little).
+        let mut counter = Counter(0);
+        ciborium::into_writer(value, &mut counter)
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+        if counter.0 > self.max_message_size {
             return Err(CodecError::TooLarge {
                 limit: self.max_message_size,
-                len: len as u64,
+                len: counter.0 as u64,
             });
         }
-        Ok(())
+        buf.reserve_exact(counter.0);
+        ciborium::into_writer(value, &mut *buf).map_err(|e| CodecError::Encode(e.to_string()))
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
@@ -49,8 +52,17 @@ impl Codec for CborCodec {
             });
         }
         let mut rest = bytes;
-        let value =
-            ciborium::from_reader(&mut rest).map_err(|e| CodecError::Decode(e.to_string()))?;
+        // Byte strings are copied out in scratch-sized pieces: use big pieces for big values.
+        let mut small = [0u8; 4096];
+        let mut large = Vec::new();
+        let scratch: &mut [u8] = if bytes.len() > 64 * 1024 {
+            large.resize(64 * 1024, 0);
+            &mut large
+        } else {
+            &mut small
+        };
+        let value = ciborium::de::from_reader_with_buffer(&mut rest, scratch)
+            .map_err(|e| CodecError::Decode(e.to_string()))?;
         if !rest.is_empty() {
             return Err(CodecError::TrailingBytes { extra: rest.len() });
         }
@@ -59,6 +71,20 @@ impl Codec for CborCodec {
 
     fn max_message_size(&self) -> usize {
         self.max_message_size
+    }
+}
+
+/// Counts the bytes an encoding would take.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

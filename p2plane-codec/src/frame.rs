@@ -113,9 +113,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > limit as u64 {
         return Err(CodecError::TooLarge { limit, len }.into());
     }
-    const FIRST_CHUNK: usize = 16 * 1024;
-    let mut payload = Vec::with_capacity((len as usize).min(FIRST_CHUNK));
-    io.take(len).read_to_end(&mut payload).await?;
+    // Memory follows what arrives, not what is announced: the first 64 KiB first; once they
+    // are in, the peer is really sending, and the rest is reserved in one piece.
+    const FIRST_CHUNK: usize = 64 * 1024;
+    let first = (len as usize).min(FIRST_CHUNK);
+    let mut payload = Vec::with_capacity(first);
+    let mut limited = io.take(len);
+    (&mut limited)
+        .take(first as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() == first && (first as u64) < len {
+        payload.reserve_exact(len as usize - first);
+        limited.read_to_end(&mut payload).await?;
+    }
     if (payload.len() as u64) < len {
         return Err(CodecError::Truncated {
             expected: len,
