@@ -453,6 +453,70 @@ async fn raw_tcp(n: &Counts) -> Sample {
     }
 }
 
+/// Fresh clients per round for the connection-setup row.
+const SETUP_TRIALS: usize = 10;
+
+fn median_us(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64() * 1e6
+}
+
+/// From dialing a server to holding its first answer, for fresh P2PLane nodes (created
+/// before the clock starts).
+async fn setup_p2plane(listen: &str) -> f64 {
+    let config = || NodeConfig::listen_on(listen.parse().unwrap());
+    let server = Node::<Msg>::new(config()).await.unwrap();
+    server.serve(service_fn(|r: Request<Msg>| async move { Ok::<_, Infallible>(reply(r.into_body())) })).unwrap();
+    let addr = server.listen_addrs().await.unwrap()[0].clone();
+    let mut times = Vec::new();
+    for i in 0..SETUP_TRIALS {
+        let node = Node::<Msg>::new(config()).await.unwrap();
+        let start = Instant::now();
+        let peer = node.dial(addr.clone()).await.unwrap();
+        node.client().request(peer, msg(i as u64, SMALL)).await.unwrap();
+        times.push(start.elapsed());
+        node.shutdown().await;
+    }
+    server.shutdown().await;
+    median_us(times)
+}
+
+/// The same for stock request-response: dial, then the request once connected.
+async fn setup_stock(listen: &str) -> f64 {
+    let mut server = stock_swarm();
+    let addr = listen_on(&mut server, listen).await;
+    let server_task = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            }) = server.select_next_some().await
+            {
+                let _ = server.behaviour_mut().send_response(channel, reply(request));
+            }
+        }
+    });
+    let mut times = Vec::new();
+    for i in 0..SETUP_TRIALS {
+        let mut client = stock_swarm();
+        let start = Instant::now();
+        let peer = connect(&mut client, addr.clone()).await;
+        client.behaviour_mut().send_request(&peer, msg(i as u64, SMALL));
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { .. }, ..
+                }) => break,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => panic!("stock: {error}"),
+                _ => {}
+            }
+        }
+        times.push(start.elapsed());
+    }
+    server_task.abort();
+    median_us(times)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -490,7 +554,10 @@ fn main() {
         };
         for (transport, listen) in [("tcp", "/ip4/127.0.0.1/tcp/0"), ("quic", "/ip4/127.0.0.1/udp/0/quic-v1")] {
             let (mut ours, mut stock, mut lib) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut setup_ours, mut setup_stock_us) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
+                setup_stock_us.push(setup_stock(listen).await);
+                setup_ours.push(setup_p2plane(listen).await);
                 let (caller, tasks) = lib_stream_pair(listen).await;
                 lib.push(measure(&caller, &counts).await);
                 tasks.into_iter().for_each(|t| t.abort());
@@ -521,6 +588,8 @@ fn main() {
                 let l = median(lib.iter().map(get).collect());
                 rows.push((transport, name, o, s, r, l));
             }
+            // Not measured for raw TCP and libp2p-stream (0 in their columns).
+            rows.push((transport, "setup_to_first_response_us", median(setup_ours), median(setup_stock_us), 0.0, 0.0));
         }
         for (transport, metric, o, s, r, l) in &rows {
             println!(
