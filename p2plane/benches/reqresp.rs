@@ -466,14 +466,21 @@ fn median_us(mut times: Vec<Duration>) -> f64 {
 async fn setup_p2plane(listen: &str) -> f64 {
     let config = || NodeConfig::listen_on(listen.parse().unwrap());
     let server = Node::<Msg>::new(config()).await.unwrap();
-    server.serve(service_fn(|r: Request<Msg>| async move { Ok::<_, Infallible>(reply(r.into_body())) })).unwrap();
+    server
+        .serve(service_fn(|r: Request<Msg>| async move {
+            Ok::<_, Infallible>(reply(r.into_body()))
+        }))
+        .unwrap();
     let addr = server.listen_addrs().await.unwrap()[0].clone();
     let mut times = Vec::new();
     for i in 0..SETUP_TRIALS {
         let node = Node::<Msg>::new(config()).await.unwrap();
         let start = Instant::now();
         let peer = node.dial(addr.clone()).await.unwrap();
-        node.client().request(peer, msg(i as u64, SMALL)).await.unwrap();
+        node.client()
+            .request(peer, msg(i as u64, SMALL))
+            .await
+            .unwrap();
         times.push(start.elapsed());
         node.shutdown().await;
     }
@@ -488,11 +495,16 @@ async fn setup_stock(listen: &str) -> f64 {
     let server_task = tokio::spawn(async move {
         loop {
             if let SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Request { request, channel, .. },
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
                 ..
             }) = server.select_next_some().await
             {
-                let _ = server.behaviour_mut().send_response(channel, reply(request));
+                let _ = server
+                    .behaviour_mut()
+                    .send_response(channel, reply(request));
             }
         }
     });
@@ -501,13 +513,18 @@ async fn setup_stock(listen: &str) -> f64 {
         let mut client = stock_swarm();
         let start = Instant::now();
         let peer = connect(&mut client, addr.clone()).await;
-        client.behaviour_mut().send_request(&peer, msg(i as u64, SMALL));
+        client
+            .behaviour_mut()
+            .send_request(&peer, msg(i as u64, SMALL));
         loop {
             match client.select_next_some().await {
                 SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { .. }, ..
+                    message: request_response::Message::Response { .. },
+                    ..
                 }) => break,
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => panic!("stock: {error}"),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("stock: {error}"),
                 _ => {}
             }
         }
