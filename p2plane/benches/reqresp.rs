@@ -540,6 +540,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--profile-large") {
+        // Only P2PLane's 1 MiB transfers over TCP, for a profiler.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
+            let t = Instant::now();
+            for i in 0..400 {
+                caller.call(msg(i, LARGE)).await;
+            }
+            println!(
+                "{:.1} MB/s",
+                400.0 * LARGE as f64 / t.elapsed().as_secs_f64() / 1e6
+            );
+            for n in nodes {
+                n.shutdown().await;
+            }
+        });
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 1 } else { 5 };
     let counts = if quick {

@@ -3,16 +3,17 @@ use std::{
     marker::PhantomData,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
-use futures::{AsyncWriteExt as _, future::BoxFuture};
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, future::BoxFuture};
 use libp2p::{StreamProtocol, core::upgrade::NegotiationError};
 use p2plane_codec::{Envelope, FrameBuf, FrameError, read_frame};
 use p2plane_core::{Codec as _, CodecError, Error, PeerId, Protocol, Request};
 use tower_service::Service;
 
 use crate::{
-    mux::{MAX_MUX_FRAME, mux_protocol},
+    mux::mux_protocol,
     node::{Shared, stream_protocol},
     streams::OpenError,
 };
@@ -132,9 +133,7 @@ async fn exchange<P: Protocol>(
     frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
     let limit = shared.codec.max_message_size();
-    let shared_stream = shared.config.multiplex
-        && frame.len() <= MAX_MUX_FRAME
-        && shared.mux.speaks_mux(peer, &protocols.mux);
+    let shared_stream = shared.config.multiplex && shared.mux.speaks_mux(peer, &protocols.mux);
     let bytes = if shared_stream {
         let idle = shared.config.transport.idle_connection_timeout;
         match shared
@@ -188,11 +187,28 @@ async fn single(
         .open(peer, protocol.clone())
         .await
         .map_err(|e| map_open_error(e, peer, protocol))?;
-    stream
-        .write_all(frame.as_bytes())
-        .await
-        .map_err(stream_error)?;
-    stream.close().await.map_err(stream_error)?;
+    let written = async {
+        stream.write_all(frame.as_bytes()).await?;
+        stream.close().await
+    };
+    if let Err(e) = written.await {
+        let error = stream_error(e);
+        if matches!(error, Error::UnsupportedProtocol { .. }) {
+            return Err(error);
+        }
+        // A refused protocol can reach the writer as a reset before the refusal is read;
+        // a read reveals it.
+        let mut probe = [0u8; 1];
+        if let Ok(Err(e)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut probe)).await
+        {
+            let read_error = stream_error(e);
+            if matches!(read_error, Error::UnsupportedProtocol { .. }) {
+                return Err(read_error);
+            }
+        }
+        return Err(error);
+    }
     read_frame(&mut stream, shared.codec.max_message_size())
         .await
         .map_err(|e| match e {

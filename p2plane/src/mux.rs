@@ -60,7 +60,7 @@ struct Channel {
 /// The node's shared streams.
 #[derive(Default)]
 pub(crate) struct Pool {
-    channels: Mutex<HashMap<(PeerId, StreamProtocol), Arc<Channel>>>,
+    channels: Mutex<HashMap<(PeerId, StreamProtocol, bool), Arc<Channel>>>,
     no_mux: Mutex<HashSet<(PeerId, StreamProtocol)>>,
 }
 
@@ -79,6 +79,7 @@ impl Pool {
 
     fn channel(
         &self,
+        frame_len: usize,
         control: &streams::Control,
         peer: PeerId,
         protocol: &StreamProtocol,
@@ -86,7 +87,7 @@ impl Pool {
         idle: Duration,
     ) -> Arc<Channel> {
         let mut channels = lock(&self.channels);
-        let key = (peer, protocol.clone());
+        let key = (peer, protocol.clone(), frame_len > MAX_MUX_FRAME);
         if let Some(channel) = channels
             .get(&key)
             .filter(|c| c.alive.load(Ordering::Acquire))
@@ -126,7 +127,9 @@ impl Pool {
         limit: usize,
         idle: Duration,
     ) -> Result<Vec<u8>, Error> {
-        let channel = self.channel(control, peer, protocol, limit, idle);
+        // Small and large frames use separate shared streams, so a large body never holds up
+        // small ones.
+        let channel = self.channel(frame.len(), control, peer, protocol, limit, idle);
         let _slot = channel
             .slots
             .acquire()
@@ -231,6 +234,15 @@ async fn drive(
                     Err(_) if lock(&pending).is_empty() => return Ok(()),
                     Err(_) => continue,
                 };
+                if first.len() >= BATCH {
+                    // A large body goes out as it is, without a copy into the batch.
+                    writer
+                        .write_all(first.as_bytes())
+                        .await
+                        .map_err(stream_error)?;
+                    writer.flush().await.map_err(stream_error)?;
+                    continue;
+                }
                 batch.clear();
                 batch.extend_from_slice(first.as_bytes());
                 while batch.len() < BATCH {
@@ -246,7 +258,15 @@ async fn drive(
         let read = read_responses(&mut reader, &pending, peer, limit, stream_error);
         futures::pin_mut!(write, read);
         match future::select(write, read).await {
-            future::Either::Left((result, _)) => result,
+            future::Either::Left((Ok(()), _)) => Ok(()),
+            // A refused protocol can reach the writer as a reset before the reader has seen
+            // the refusal; the reader knows the precise cause.
+            future::Either::Left((Err(write_error), read)) => {
+                match tokio::time::timeout(Duration::from_secs(1), read).await {
+                    Ok(Err(e @ Error::UnsupportedProtocol { .. })) => Err(e),
+                    _ => Err(write_error),
+                }
+            }
             future::Either::Right((result, _)) => result,
         }
     }
