@@ -5,8 +5,9 @@
 //! The stream is negotiated under the protocol's name followed by [`SUFFIX`]. A peer that
 //! does not serve that name (another implementation speaking only the one-stream-per-request
 //! form in `docs/wire.md`) is remembered and reached with a stream per request instead.
-//! Requests whose frame is larger than [`MAX_MUX_FRAME`] always use a stream of their own, so
-//! a large body does not hold up small ones.
+//! Each peer and protocol gets two shared streams: one for frames up to [`MAX_MUX_FRAME`],
+//! one for larger bodies, so a large body does not hold up small ones, and its stream keeps
+//! the flow-control window yamux has grown.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +29,7 @@ use crate::{client::map_stream_error, streams};
 
 /// Appended to a protocol's name to name its multiplexed form.
 pub(crate) const SUFFIX: &str = "/p2plane-mux/1";
-/// The largest frame sent on a shared stream.
+/// Frames up to this size share the small-message stream; larger ones the bulk stream.
 pub(crate) const MAX_MUX_FRAME: usize = 64 * 1024;
 /// Requests in flight on one shared stream; more wait for a slot.
 const MAX_IN_FLIGHT: usize = 1024;
