@@ -3,6 +3,7 @@ use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 use libp2p::identity::Keypair;
 use p2plane_codec::DEFAULT_MAX_MESSAGE_SIZE;
 use p2plane_core::{Multiaddr, PeerStore};
+use p2plane_dht::DhtConfig;
 use p2plane_peers::MemoryPeerStore;
 use p2plane_transport::{Limits, TransportConfig};
 
@@ -70,6 +71,10 @@ pub struct NodeConfig {
     /// responses to requests) instead of a stream per request. Default `true`; peers that do
     /// not serve the shared form are reached with a stream per request either way.
     pub multiplex: bool,
+    /// Kademlia settings; `None` leaves the node out of the DHT. Default: on, in libp2p's
+    /// automatic mode (use [`DhtMode::Server`](p2plane_dht::DhtMode::Server) on networks
+    /// without confirmed external addresses, such as loopback tests).
+    pub dht: Option<DhtConfig>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -87,6 +92,7 @@ impl fmt::Debug for NodeConfig {
             .field("allow_private_addrs", &self.allow_private_addrs)
             .field("redial_on_start", &self.redial_on_start)
             .field("multiplex", &self.multiplex)
+            .field("dht", &self.dht)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +113,7 @@ impl Default for NodeConfig {
             allow_private_addrs: false,
             redial_on_start: 8,
             multiplex: true,
+            dht: Some(DhtConfig::default()),
         }
     }
 }
@@ -173,6 +180,13 @@ impl NodeConfig {
     #[must_use]
     pub fn with_private_addrs(mut self, allow: bool) -> Self {
         self.allow_private_addrs = allow;
+        self
+    }
+
+    /// Sets the DHT configuration (`None` leaves the node out of the DHT).
+    #[must_use]
+    pub fn with_dht(mut self, dht: Option<DhtConfig>) -> Self {
+        self.dht = dht;
         self
     }
 

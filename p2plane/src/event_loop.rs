@@ -4,10 +4,14 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, identify, ping,
-    swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, ping,
+    swarm::{
+        ConnectionId, DialError, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle,
+        dial_opts::DialOpts,
+    },
 };
 use p2plane_core::{DialOutcome, Error, PeerStore};
+use p2plane_dht::{DhtCommand, DhtState};
 use p2plane_transport::libp2p::connection_limits;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -26,6 +30,7 @@ pub(crate) struct Behaviour {
     pub(crate) streams: streams::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
 }
 
 /// What handles ask of the event loop.
@@ -44,6 +49,7 @@ pub(crate) enum Command {
         peer: PeerId,
         until: SystemTime,
     },
+    Dht(DhtCommand),
     Shutdown,
 }
 
@@ -59,6 +65,9 @@ pub(crate) struct EventLoop {
     pub(crate) peers: Arc<PeerTable>,
     pub(crate) store: Arc<dyn PeerStore>,
     pub(crate) allow_private_addrs: bool,
+    pub(crate) dht: DhtState,
+    /// The Kademlia protocol name, when the node is in the DHT.
+    pub(crate) kad_protocol: Option<StreamProtocol>,
 }
 
 impl EventLoop {
@@ -132,6 +141,10 @@ impl EventLoop {
                 self.store.ban(peer, until);
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
+            Command::Dht(command) => match self.swarm.behaviour_mut().kad.as_mut() {
+                Some(kad) => self.dht.on_command(kad, command),
+                None => command.refuse(),
+            },
             Command::Shutdown => {}
         }
     }
@@ -229,13 +242,29 @@ impl EventLoop {
                     info.protocols.iter().map(ToString::to_string).collect();
                 self.peers.set(peer_id, protocols.clone());
                 self.store.set_protocols(peer_id, protocols.clone());
+                let speaks_kad = self
+                    .kad_protocol
+                    .as_ref()
+                    .is_some_and(|kad| info.protocols.contains(kad));
                 for addr in info.listen_addrs {
+                    // Without this, routing tables never grow past the peers we dialed.
+                    if speaks_kad
+                        && (self.allow_private_addrs || !is_private(&addr))
+                        && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                    {
+                        kad.add_address(&peer_id, addr.clone());
+                    }
                     self.remember(peer_id, addr);
                 }
                 self.emit(Event::PeerIdentified {
                     peer: peer_id,
                     protocols,
                 });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    self.dht.on_event(kad, event);
+                }
             }
             _ => {}
         }

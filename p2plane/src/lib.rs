@@ -42,6 +42,7 @@
 
 mod client;
 mod config;
+mod dht;
 mod error;
 mod event;
 mod event_loop;
@@ -55,6 +56,7 @@ mod streams;
 
 pub use client::Client;
 pub use config::{Identity, NodeConfig};
+pub use dht::{Dht, DhtConfig, DhtError, DhtMode, Quorum};
 pub use error::NodeError;
 pub use event::{Event, Events, InboundError};
 pub use layer::{RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer};

@@ -6,11 +6,13 @@ use std::{
 };
 
 use futures::StreamExt as _;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, identify, ping, swarm::SwarmEvent};
 use p2plane_codec::CborCodec;
 use p2plane_core::{
     Error, Multiaddr, PeerId, PeerStore, Protocol, Request, is_valid_protocol_name,
 };
+use p2plane_dht::{DhtConfig, DhtState};
 use p2plane_transport::{build_swarm, identity};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tower::BoxError;
@@ -144,6 +146,7 @@ impl<P: Protocol> Node<P> {
         let control = streams.control();
         let limits = config.limits.behaviour();
         let gate = Gate::new(Arc::clone(&config.peer_store));
+        let dht_config = config.dht.clone();
         let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
             gate,
             limits,
@@ -153,6 +156,11 @@ impl<P: Protocol> Node<P> {
                     .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
             ),
             ping: ping::Behaviour::default(),
+            kad: Toggle::from(
+                dht_config
+                    .as_ref()
+                    .map(|dht| dht.behaviour(key.public().to_peer_id())),
+            ),
         })?;
 
         let listen_error = |reason: String| NodeError::Listen {
@@ -192,6 +200,21 @@ impl<P: Protocol> Node<P> {
         .map_err(|_| listen_error("timed out waiting for the listener".to_owned()))??;
         tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
 
+        // The DHT starts from the peers the store knows to speak it.
+        if let (Some(dht), Some(kad)) = (&config.dht, swarm.behaviour_mut().kad.as_mut()) {
+            let name = dht.protocol.as_str();
+            let store = config.peer_store.as_ref();
+            for peer in store.get_peers() {
+                let Some(record) = store.record(&peer) else {
+                    continue;
+                };
+                if record.protocols.iter().any(|p| p == name) {
+                    for (addr, _) in record.addresses {
+                        kad.add_address(&peer, addr);
+                    }
+                }
+            }
+        }
         // Known peers first: a restarted node does not depend on the bootstrap node.
         redial_known_peers(
             &mut swarm,
@@ -221,6 +244,8 @@ impl<P: Protocol> Node<P> {
             peers: Arc::clone(&peers),
             store: Arc::clone(&config.peer_store),
             allow_private_addrs: config.allow_private_addrs,
+            dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
+            kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
         };
         tokio::spawn(event_loop.run());
 
@@ -335,6 +360,11 @@ impl<P: Protocol> Node<P> {
     pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<(), Error> {
         let until = SystemTime::now() + duration;
         self.command(Command::Ban { peer, until }).await
+    }
+
+    /// A handle to the node's DHT: discovery, records and providers.
+    pub fn dht(&self) -> crate::Dht {
+        crate::Dht::new(self.shared.commands.clone())
     }
 
     /// Subscribes to the node's events from now on.

@@ -1,0 +1,159 @@
+use std::{fmt, num::NonZeroUsize, sync::Arc, time::Duration};
+
+use libp2p::{
+    PeerId, StreamProtocol,
+    kad::{self, store::MemoryStoreConfig},
+};
+
+/// Decides whether a record may be stored or returned: `Ok`, or the reason it may not.
+/// Arguments are the record's key and value.
+pub type RecordValidator = Arc<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+
+/// Whether the node answers other nodes' Kademlia queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhtMode {
+    /// Serves queries and stores records for others.
+    Server,
+    /// Asks, but does not answer or store.
+    Client,
+    /// libp2p's automatic mode: a client until an external address is confirmed (which
+    /// never happens on loopback or behind NAT without more protocols).
+    Automatic,
+}
+
+/// How the node takes part in the DHT.
+#[derive(Clone)]
+pub struct DhtConfig {
+    /// The Kademlia protocol name. Default `/p2plane/kad/1.0.0`; `/ipfs/kad/1.0.0` joins IPFS.
+    pub protocol: String,
+    /// Default [`DhtMode::Automatic`].
+    pub mode: DhtMode,
+    /// How many nodes store each record (k). Default 20.
+    pub replication: NonZeroUsize,
+    /// Lookups in flight per query (alpha). Default 3.
+    pub parallelism: NonZeroUsize,
+    /// How long a query may run. Default 10 s.
+    pub query_timeout: Duration,
+    /// How long records live. Default 48 h.
+    pub record_ttl: Option<Duration>,
+    /// How long provider records live. Default 48 h.
+    pub provider_ttl: Option<Duration>,
+    /// How often the routing table is refreshed. Default 5 min; `None` turns it off.
+    pub bootstrap_interval: Option<Duration>,
+    /// Records kept. Default 1,024.
+    pub max_records: usize,
+    /// Largest record value, in bytes. Default 16 KiB (Kademlia's packet limit is raised to
+    /// fit it).
+    pub max_value_bytes: usize,
+    /// Runs before a record is stored (local or from the network) or returned by a get.
+    pub validator: Option<RecordValidator>,
+}
+
+impl fmt::Debug for DhtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DhtConfig")
+            .field("protocol", &self.protocol)
+            .field("mode", &self.mode)
+            .field("replication", &self.replication)
+            .field("parallelism", &self.parallelism)
+            .field("query_timeout", &self.query_timeout)
+            .field("max_records", &self.max_records)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("validator", &self.validator.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        Self {
+            protocol: "/p2plane/kad/1.0.0".to_owned(),
+            mode: DhtMode::Automatic,
+            replication: NonZeroUsize::new(20).expect("non-zero"),
+            parallelism: NonZeroUsize::new(3).expect("non-zero"),
+            query_timeout: Duration::from_secs(10),
+            record_ttl: Some(Duration::from_secs(48 * 3600)),
+            provider_ttl: Some(Duration::from_secs(48 * 3600)),
+            bootstrap_interval: Some(Duration::from_secs(300)),
+            max_records: 1024,
+            max_value_bytes: 16 * 1024,
+            validator: None,
+        }
+    }
+}
+
+impl DhtConfig {
+    /// Sets the mode.
+    #[must_use]
+    pub fn with_mode(mut self, mode: DhtMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the protocol name (it must start with `/`).
+    #[must_use]
+    pub fn with_protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocol = protocol.into();
+        self
+    }
+
+    /// Sets the replication factor.
+    #[must_use]
+    pub fn with_replication(mut self, k: NonZeroUsize) -> Self {
+        self.replication = k;
+        self
+    }
+
+    /// Sets the query timeout.
+    #[must_use]
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
+        self
+    }
+
+    /// Sets the record validator.
+    #[must_use]
+    pub fn with_validator(
+        mut self,
+        validator: impl Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.validator = Some(Arc::new(validator));
+        self
+    }
+
+    /// The libp2p protocol name; an invalid configured name falls back to the default.
+    pub fn stream_protocol(&self) -> StreamProtocol {
+        StreamProtocol::try_from_owned(self.protocol.clone())
+            .unwrap_or_else(|_| StreamProtocol::new("/p2plane/kad/1.0.0"))
+    }
+
+    /// The Kademlia behaviour for node `peer`, configured from this.
+    pub fn behaviour(&self, peer: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+        let mut config = kad::Config::new(self.stream_protocol());
+        config
+            .set_replication_factor(self.replication)
+            .set_parallelism(self.parallelism)
+            .set_query_timeout(self.query_timeout)
+            .set_record_ttl(self.record_ttl)
+            .set_provider_record_ttl(self.provider_ttl)
+            .set_periodic_bootstrap_interval(self.bootstrap_interval)
+            .set_max_packet_size(self.max_value_bytes + 4096)
+            // Inbound records go through the validator before they are stored.
+            .set_record_filtering(kad::StoreInserts::FilterBoth);
+        let store = kad::store::MemoryStore::with_config(
+            peer,
+            MemoryStoreConfig {
+                max_records: self.max_records,
+                max_value_bytes: self.max_value_bytes,
+                ..Default::default()
+            },
+        );
+        let mut behaviour = kad::Behaviour::with_config(peer, store, config);
+        match self.mode {
+            DhtMode::Server => behaviour.set_mode(Some(kad::Mode::Server)),
+            DhtMode::Client => behaviour.set_mode(Some(kad::Mode::Client)),
+            DhtMode::Automatic => behaviour.set_mode(None),
+        }
+        behaviour
+    }
+}

@@ -1,0 +1,133 @@
+//! The DHT over TCP on 127.0.0.1: 30 nodes join through one, find each other by `PeerId`,
+//! share records and providers, and refuse records the validator rejects.
+
+mod common;
+
+use common::*;
+use futures::{StreamExt as _, stream};
+use p2plane::{DhtConfig, DhtError, DhtMode, Event, Node, NodeConfig, Quorum};
+
+fn dht_config() -> NodeConfig {
+    config(TCP).with_private_addrs(true).with_dht(Some(
+        DhtConfig::default()
+            .with_mode(DhtMode::Server)
+            .with_validator(|key, _value| {
+                if key.starts_with(b"bad/") {
+                    Err("the bad/ namespace is refused".to_owned())
+                } else {
+                    Ok(())
+                }
+            }),
+    ))
+}
+
+/// A node that has joined the DHT through `bootstrap`.
+async fn join(bootstrap: &p2plane::Multiaddr) -> Node<Echo> {
+    let node = echo_node(dht_config()).await;
+    let mut events = node.events();
+    let boot = within("dial the bootstrap node", node.dial(bootstrap.clone()))
+        .await
+        .unwrap();
+    // Identify tells us the bootstrap node speaks Kademlia, and where it listens.
+    wait_event(&mut events, "identify from the bootstrap node", |e| {
+        matches!(e, Event::PeerIdentified { peer, .. } if *peer == boot).then_some(())
+    })
+    .await;
+    within("bootstrap", node.dht().bootstrap()).await.unwrap();
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_nodes_discover_each_other_and_share_records_and_providers() {
+    let first = echo_node(dht_config()).await;
+    let bootstrap = first_addr(&first).await;
+    let mut nodes = vec![first];
+    for _ in 1..30 {
+        nodes.push(join(&bootstrap).await);
+    }
+    // A second refresh round, now that everyone is there.
+    for node in &nodes[1..] {
+        within("refresh", node.dht().bootstrap()).await.unwrap();
+    }
+
+    // Every routing table holds more than the bootstrap node.
+    for (i, node) in nodes.iter().enumerate() {
+        let size = node.dht().routing_table_size().await.unwrap();
+        assert!(size > 1, "node {i} knows only {size} peers");
+    }
+
+    // Every node finds every other node by PeerId.
+    let ids: Vec<_> = nodes.iter().map(|n| n.local_peer_id()).collect();
+    let lookups: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| {
+            ids.iter()
+                .filter(move |id| **id != n.local_peer_id())
+                .map(move |id| (n.dht(), *id))
+        })
+        .collect();
+    assert_eq!(lookups.len(), 30 * 29);
+    let results: Vec<_> = stream::iter(lookups)
+        .map(|(dht, id)| async move { (id, dht.find_peer(id).await) })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (id, found) in results {
+        let addrs = found.unwrap_or_else(|e| panic!("{id} not found: {e}"));
+        assert!(!addrs.is_empty());
+    }
+
+    // A record put on one node is read from every other.
+    within(
+        "put",
+        nodes[5].dht().put_record(
+            b"greeting".to_vec(),
+            b"hello from 5".to_vec(),
+            Quorum::Majority,
+        ),
+    )
+    .await
+    .unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let value = within("get", node.dht().get_record(b"greeting".to_vec())).await;
+        assert_eq!(value.as_deref(), Ok(&b"hello from 5"[..]), "node {i}");
+    }
+    assert_eq!(
+        nodes[9].dht().get_record(b"missing".to_vec()).await,
+        Err(DhtError::NotFound)
+    );
+
+    // Providers are found.
+    within(
+        "provide",
+        nodes[7].dht().start_providing(b"file-42".to_vec()),
+    )
+    .await
+    .unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let providers = within("providers", node.dht().providers(b"file-42".to_vec()))
+            .await
+            .unwrap();
+        assert!(providers.contains(&ids[7]), "node {i}: {providers:?}");
+    }
+
+    // A record the validator rejects is refused with a typed error.
+    let refused = nodes[3]
+        .dht()
+        .put_record(b"bad/x".to_vec(), b"v".to_vec(), Quorum::One)
+        .await;
+    assert!(matches!(refused, Err(DhtError::Rejected(_))), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_node_without_a_dht_says_so() {
+    let node = Node::<Echo>::new(config(TCP).with_dht(None)).await.unwrap();
+    assert_eq!(node.dht().bootstrap().await, Err(DhtError::Disabled));
+    assert_eq!(node.dht().routing_table_size().await, Ok(0));
+}
+
+#[tokio::test]
+async fn bootstrap_without_peers_is_a_typed_error() {
+    let node = Node::<Echo>::new(dht_config()).await.unwrap();
+    assert_eq!(node.dht().bootstrap().await, Err(DhtError::NoKnownPeers));
+}
