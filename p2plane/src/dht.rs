@@ -14,6 +14,46 @@ use crate::event_loop::Command;
 /// Keys and values are bytes. Records pass the configured validator
 /// ([`DhtConfig::with_validator`]) before they are stored, locally or from the network, and
 /// before a get returns them.
+///
+/// ```
+/// use futures::StreamExt;
+/// use p2plane::{DhtConfig, DhtMode, Event, Message, Node, NodeConfig, Quorum};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Ping;
+/// impl Message for Ping {
+///     const PROTOCOL: &'static str = "/dht-example/1.0.0";
+/// }
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Loopback has no confirmed external address, so say "server" explicitly.
+/// let config = || {
+///     NodeConfig::listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+///         .with_private_addrs(true)
+///         .with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)))
+/// };
+/// let first = Node::<Ping>::new(config()).await?;
+/// let addr = first.listen_addrs().await?[0].clone();
+/// let (a, b) = (Node::<Ping>::new(config()).await?, Node::<Ping>::new(config()).await?);
+/// for node in [&a, &b] {
+///     let mut events = node.events();
+///     let boot = node.dial(addr.clone()).await?;
+///     // Identify tells the node where the first one listens and that it speaks Kademlia.
+///     while let Some(event) = events.next().await {
+///         if matches!(event, Event::PeerIdentified { peer, .. } if peer == boot) {
+///             break;
+///         }
+///     }
+///     node.dht().bootstrap().await?;
+/// }
+/// a.dht().put_record(b"color".to_vec(), b"blue".to_vec(), Quorum::One).await?;
+/// assert_eq!(b.dht().get_record(b"color".to_vec()).await?, b"blue");
+/// assert!(!b.dht().find_peer(a.local_peer_id()).await?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Dht {
     commands: mpsc::Sender<Command>,
