@@ -8,9 +8,12 @@ use futures::{StreamExt as _, stream};
 use p2plane::{DhtConfig, DhtError, DhtMode, Event, Node, NodeConfig, Quorum};
 
 fn dht_config() -> NodeConfig {
+    dht_config_with(DhtConfig::default())
+}
+
+fn dht_config_with(dht: DhtConfig) -> NodeConfig {
     config(TCP).with_private_addrs(true).with_dht(Some(
-        DhtConfig::default()
-            .with_mode(DhtMode::Server)
+        dht.with_mode(DhtMode::Server)
             .with_validator(|key, _value| {
                 if key.starts_with(b"bad/") {
                     Err("the bad/ namespace is refused".to_owned())
@@ -22,8 +25,8 @@ fn dht_config() -> NodeConfig {
 }
 
 /// A node that has joined the DHT through `bootstrap`.
-async fn join(bootstrap: &p2plane::Multiaddr) -> Node<Echo> {
-    let node = echo_node(dht_config()).await;
+async fn join(bootstrap: &p2plane::Multiaddr, config: NodeConfig) -> Node<Echo> {
+    let node = echo_node(config).await;
     let mut events = node.events();
     let boot = within("dial the bootstrap node", node.dial(bootstrap.clone()))
         .await
@@ -43,7 +46,7 @@ async fn thirty_nodes_discover_each_other_and_share_records_and_providers() {
     let bootstrap = first_addr(&first).await;
     let mut nodes = vec![first];
     for _ in 1..30 {
-        nodes.push(join(&bootstrap).await);
+        nodes.push(join(&bootstrap, dht_config()).await);
     }
     // A second refresh round, now that everyone is there.
     for node in &nodes[1..] {
@@ -130,4 +133,59 @@ async fn a_node_without_a_dht_says_so() {
 async fn bootstrap_without_peers_is_a_typed_error() {
     let node = Node::<Echo>::new(dht_config()).await.unwrap();
     assert_eq!(node.dht().bootstrap().await, Err(DhtError::NoKnownPeers));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_a_third_of_the_nodes_leaving() {
+    let replication = std::num::NonZeroUsize::new(5).unwrap();
+    let config = || dht_config_with(DhtConfig::default().with_replication(replication));
+    let first = echo_node(config()).await;
+    let bootstrap = first_addr(&first).await;
+    let mut nodes = vec![first];
+    for _ in 1..30 {
+        nodes.push(join(&bootstrap, config()).await);
+    }
+    for node in &nodes[1..] {
+        within("refresh", node.dht().bootstrap()).await.unwrap();
+    }
+    // 100 records, each put by one of the nodes that will stay and stored on 5 nodes.
+    for i in 0..100usize {
+        let key = format!("record-{i}").into_bytes();
+        let put = within(
+            "put",
+            nodes[i % 20]
+                .dht()
+                .put_record(key, vec![i as u8; 8], Quorum::All),
+        )
+        .await;
+        assert!(
+            put.is_ok() || matches!(put, Err(DhtError::QuorumFailed { .. })),
+            "{put:?}"
+        );
+    }
+    // A third of the network leaves.
+    for node in nodes.drain(20..) {
+        node.shutdown().await;
+    }
+    let mut found = 0;
+    for i in 0..100usize {
+        let getter = &nodes[(i * 7 + 3) % 20];
+        match within(
+            "get",
+            getter.dht().get_record(format!("record-{i}").into_bytes()),
+        )
+        .await
+        {
+            Ok(value) => {
+                assert_eq!(value, vec![i as u8; 8]);
+                found += 1;
+            }
+            Err(e) => eprintln!("record-{i}: {e}"),
+        }
+    }
+    eprintln!("{found} of 100 records found after a third of the nodes left");
+    assert!(
+        found >= 99,
+        "only {found} of 100 records were found after the churn"
+    );
 }
