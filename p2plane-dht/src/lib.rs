@@ -11,4 +11,4 @@ mod config;
 mod state;
 
 pub use config::{DhtConfig, DhtMode, RecordValidator};
-pub use state::{DhtCommand, DhtError, DhtState, Quorum};
+pub use state::{DhtCommand, DhtError, DhtState, FoundPeer, Quorum};

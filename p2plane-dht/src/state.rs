@@ -75,6 +75,15 @@ pub enum DhtError {
 
 type Reply<T> = oneshot::Sender<Result<T, DhtError>>;
 
+/// A peer found through the DHT, and what finding it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundPeer {
+    /// Its addresses.
+    pub addresses: Vec<Multiaddr>,
+    /// Kademlia requests the lookup sent.
+    pub requests: u32,
+}
+
 /// What a DHT handle asks of the event loop.
 #[derive(Debug)]
 pub enum DhtCommand {
@@ -82,8 +91,8 @@ pub enum DhtCommand {
     Bootstrap(Reply<()>),
     /// The peers closest to `key`, with their addresses.
     ClosestPeers(Vec<u8>, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
-    /// The addresses of `peer`, found through the DHT.
-    FindPeer(PeerId, Reply<Vec<Multiaddr>>),
+    /// The addresses of `peer`, found through the DHT, with what the lookup cost.
+    FindPeer(PeerId, Reply<FoundPeer>),
     /// Stores a record on the nodes closest to its key.
     PutRecord(Vec<u8>, Vec<u8>, Quorum, Reply<()>),
     /// Finds a record.
@@ -127,7 +136,7 @@ impl DhtCommand {
 enum Pending {
     Bootstrap(Reply<()>),
     Closest(Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
-    FindPeer(PeerId, Reply<Vec<Multiaddr>>),
+    FindPeer(PeerId, Reply<FoundPeer>),
     Put(Reply<()>),
     Get(Reply<Vec<u8>>),
     StartProviding(Reply<()>),
@@ -227,8 +236,11 @@ impl DhtState {
     pub fn on_event(&mut self, kad: &mut Kad, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => self.on_progress(kad, id, result, step.last),
+                id,
+                result,
+                step,
+                stats,
+            } => self.on_progress(kad, id, result, step.last, stats.num_requests()),
             kad::Event::InboundRequest {
                 request:
                     InboundRequest::PutRecord {
@@ -258,7 +270,14 @@ impl DhtState {
         }
     }
 
-    fn on_progress(&mut self, kad: &mut Kad, id: QueryId, result: QueryResult, last: bool) {
+    fn on_progress(
+        &mut self,
+        kad: &mut Kad,
+        id: QueryId,
+        result: QueryResult,
+        last: bool,
+        requests: u32,
+    ) {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
@@ -293,7 +312,11 @@ impl DhtState {
                     .into_iter()
                     .find(|p| p.peer_id == target)
                     .map(|p| p.addrs);
-                let _ = reply.send(found.filter(|a| !a.is_empty()).ok_or(DhtError::NotFound));
+                let found = found.filter(|a| !a.is_empty()).map(|addresses| FoundPeer {
+                    addresses,
+                    requests,
+                });
+                let _ = reply.send(found.ok_or(DhtError::NotFound));
                 None
             }
             (Pending::Put(reply), QueryResult::PutRecord(result)) => {

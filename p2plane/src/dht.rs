@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use futures::channel::oneshot;
 use p2plane_core::{Multiaddr, PeerId};
 use p2plane_dht::DhtCommand;
-pub use p2plane_dht::{DhtConfig, DhtError, DhtMode, Quorum};
+pub use p2plane_dht::{DhtConfig, DhtError, DhtMode, FoundPeer, Quorum};
 use tokio::sync::mpsc;
 
 use crate::event_loop::Command;
@@ -93,6 +93,11 @@ impl Dht {
 
     /// Finds `peer`'s addresses through the DHT.
     pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, DhtError> {
+        self.lookup_peer(peer).await.map(|found| found.addresses)
+    }
+
+    /// Finds `peer` through the DHT, reporting how many requests the lookup sent.
+    pub async fn lookup_peer(&self, peer: PeerId) -> Result<FoundPeer, DhtError> {
         self.ask(|r| DhtCommand::FindPeer(peer, r)).await
     }
 

@@ -56,7 +56,7 @@ mod streams;
 
 pub use client::Client;
 pub use config::{Identity, NodeConfig};
-pub use dht::{Dht, DhtConfig, DhtError, DhtMode, Quorum};
+pub use dht::{Dht, DhtConfig, DhtError, DhtMode, FoundPeer, Quorum};
 pub use error::NodeError;
 pub use event::{Event, Events, InboundError};
 pub use layer::{RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer};
