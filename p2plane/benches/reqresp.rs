@@ -243,12 +243,11 @@ fn stock_swarm() -> StockSwarm {
     .unwrap()
 }
 
-/// A stock server and a stock client, each driven by its own task as the rust-libp2p
-/// examples do (commands in over a channel, replies matched by request id).
-async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) {
+/// A stock request-response server on a task of its own, and its address.
+async fn stock_server(listen: &str) -> (Multiaddr, tokio::task::JoinHandle<()>) {
     let mut server = stock_swarm();
     let addr = listen_on(&mut server, listen).await;
-    let server_task = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             if let SwarmEvent::Behaviour(request_response::Event::Message {
                 message:
@@ -264,6 +263,13 @@ async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) 
             }
         }
     });
+    (addr, task)
+}
+
+/// A stock server and a stock client, each driven by its own task as the rust-libp2p
+/// examples do (commands in over a channel, replies matched by request id).
+async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) {
+    let (addr, server_task) = stock_server(listen).await;
     let mut client = stock_swarm();
     let peer = connect(&mut client, addr).await;
     let (tx, mut rx) = mpsc::channel::<(Msg, oneshot::Sender<Msg>)>(256);
@@ -490,24 +496,7 @@ async fn setup_p2plane(listen: &str) -> f64 {
 
 /// The same for stock request-response: dial, then the request once connected.
 async fn setup_stock(listen: &str) -> f64 {
-    let mut server = stock_swarm();
-    let addr = listen_on(&mut server, listen).await;
-    let server_task = tokio::spawn(async move {
-        loop {
-            if let SwarmEvent::Behaviour(request_response::Event::Message {
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            }) = server.select_next_some().await
-            {
-                let _ = server
-                    .behaviour_mut()
-                    .send_response(channel, reply(request));
-            }
-        }
-    });
+    let (addr, server_task) = stock_server(listen).await;
     let mut times = Vec::new();
     for i in 0..SETUP_TRIALS {
         let mut client = stock_swarm();

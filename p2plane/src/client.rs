@@ -211,22 +211,31 @@ async fn single(
     }
     read_frame(&mut stream, shared.codec.max_message_size())
         .await
-        .map_err(|e| match e {
-            FrameError::Io(e) => stream_error(e),
-            FrameError::Codec(CodecError::TooLarge { limit, len }) => Error::TooLarge {
-                limit,
-                len,
-                response: true,
-            },
-            FrameError::Codec(CodecError::Truncated {
-                expected: 0,
-                got: 0,
-            }) => Error::ConnectionClosed { peer },
-            other => Error::Protocol {
-                peer,
-                reason: other.to_string(),
-            },
-        })
+        .map_err(|e| answer_error(e, peer, stream_error))
+}
+
+/// What a failure to read an answer frame means for the caller.
+pub(crate) fn answer_error(
+    e: FrameError,
+    peer: PeerId,
+    stream_error: impl Fn(io::Error) -> Error,
+) -> Error {
+    match e {
+        FrameError::Io(e) => stream_error(e),
+        FrameError::Codec(CodecError::TooLarge { limit, len }) => Error::TooLarge {
+            limit,
+            len,
+            response: true,
+        },
+        FrameError::Codec(CodecError::Truncated {
+            expected: 0,
+            got: 0,
+        }) => Error::ConnectionClosed { peer },
+        other => Error::Protocol {
+            peer,
+            reason: other.to_string(),
+        },
+    }
 }
 
 pub(crate) fn map_open_error(e: OpenError, peer: PeerId, protocol: &StreamProtocol) -> Error {

@@ -21,11 +21,14 @@ use std::{
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, future};
 use libp2p::{PeerId, StreamProtocol};
-use p2plane_codec::{FrameBuf, FrameError, SharedFrame, read_shared_frame};
-use p2plane_core::{CodecError, Error};
+use p2plane_codec::{FrameBuf, SharedFrame, read_shared_frame};
+use p2plane_core::Error;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{client::map_stream_error, streams};
+use crate::{
+    client::{answer_error, map_stream_error},
+    streams,
+};
 
 /// Appended to a protocol's name to name its multiplexed form.
 pub(crate) const SUFFIX: &str = "/p2plane-mux/1";
@@ -177,17 +180,7 @@ async fn read_responses<R: futures::AsyncRead + Unpin>(
     loop {
         let frame = read_shared_frame(reader, limit)
             .await
-            .map_err(|e| match e {
-                FrameError::Io(e) => stream_error(e),
-                FrameError::Codec(CodecError::Truncated {
-                    expected: 0,
-                    got: 0,
-                }) => Error::ConnectionClosed { peer },
-                other => Error::Protocol {
-                    peer,
-                    reason: other.to_string(),
-                },
-            })?;
+            .map_err(|e| answer_error(e, peer, &stream_error))?;
         let (id, outcome) = match frame {
             SharedFrame::Frame { id, body } => (id, Ok(body)),
             SharedFrame::TooLarge { id, len } => (
