@@ -67,25 +67,46 @@ fn main() {
         let mut nodes: Vec<Node<Ping>> = Vec::with_capacity(n);
         let mut addrs: Vec<p2plane::Multiaddr> = Vec::with_capacity(n);
         let mut join_failures = 0;
-        for i in 0..n {
-            // Three earlier nodes, known from the peer store as DHT servers.
-            let store = Arc::new(MemoryPeerStore::default());
-            for _ in 0..3.min(i) {
-                let j = rand::random_range(0..i);
-                let peer = nodes[j].local_peer_id();
-                store.add_peer_with_addr(peer, addrs[j].clone());
-                store.set_protocols(peer, vec![kad_protocol.clone()]);
+        // Nodes join in batches of 16 that bootstrap together, each from three nodes of
+        // earlier batches.
+        while nodes.len() < n {
+            let known = nodes.len();
+            let batch = if known == 0 { 1 } else { (n - known).min(16) };
+            let mut joining = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                let store = Arc::new(MemoryPeerStore::default());
+                for _ in 0..3.min(known) {
+                    let j = rand::random_range(0..known);
+                    let peer = nodes[j].local_peer_id();
+                    store.add_peer_with_addr(peer, addrs[j].clone());
+                    store.set_protocols(peer, vec![kad_protocol.clone()]);
+                }
+                let node = Node::<Ping>::new(config(store)).await.unwrap();
+                node.serve(service_fn(|r: Request<Ping>| async move {
+                    Ok::<_, Infallible>(r.into_body())
+                }))
+                .unwrap();
+                joining.push(node);
             }
-            let node = Node::<Ping>::new(config(store)).await.unwrap();
-            node.serve(service_fn(|r: Request<Ping>| async move {
-                Ok::<_, Infallible>(r.into_body())
-            }))
-            .unwrap();
-            if i > 0 && node.dht().bootstrap().await.is_err() {
-                join_failures += 1;
+            if known > 0 {
+                let joined = futures::future::join_all(joining.iter().map(|node| {
+                    let dht = node.dht();
+                    async move { dht.bootstrap().await }
+                }))
+                .await;
+                join_failures += joined.iter().filter(|r| r.is_err()).count();
             }
-            addrs.push(node.listen_addrs().await.unwrap()[0].clone());
-            nodes.push(node);
+            for node in joining {
+                addrs.push(node.listen_addrs().await.unwrap()[0].clone());
+                nodes.push(node);
+            }
+            if nodes.len() % 100 < batch {
+                eprintln!(
+                    "joined {} of {n} nodes in {:.1} s",
+                    nodes.len(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         let join_seconds = start.elapsed().as_secs_f64();
         let memory_per_node_kib = resident_kib().saturating_sub(rss_before) as f64 / n as f64;
