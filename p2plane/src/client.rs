@@ -132,6 +132,7 @@ async fn exchange<P: Protocol>(
     peer: PeerId,
     frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
+    find_unknown_peer(shared, peer).await;
     let limit = shared.codec.max_message_size();
     let shared_stream = shared.config.multiplex && shared.mux.speaks_mux(peer, &protocols.mux);
     let bytes = if shared_stream {
@@ -171,6 +172,26 @@ async fn exchange<P: Protocol>(
             reason,
         }),
         Envelope::Failed(message) => Err(Error::Failed { peer, message }),
+    }
+}
+
+/// A peer we are not connected to and know no address for is looked up in the DHT first,
+/// so a request can reach a peer never met. Failures are left to the dial that follows.
+async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
+    let store = &shared.config.peer_store;
+    if shared.config.dht.is_none()
+        || shared.control.is_connected(&peer)
+        || !store.addresses(&peer).is_empty()
+    {
+        return;
+    }
+    if let Ok(addrs) = crate::Dht::new(shared.commands.clone())
+        .find_peer(peer)
+        .await
+    {
+        for addr in addrs {
+            store.add_peer_with_addr(peer, addr);
+        }
     }
 }
 

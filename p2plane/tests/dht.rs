@@ -189,3 +189,24 @@ async fn records_survive_a_third_of_the_nodes_leaving() {
         "only {found} of 100 records were found after the churn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reaches_a_peer_never_met_through_the_dht() {
+    let a = echo_node(dht_config()).await;
+    let a_addr = first_addr(&a).await;
+    let c = join(&a_addr, dht_config()).await;
+    // B knows only A: it dials A and learns that A speaks Kademlia, but looks nothing up.
+    let b = echo_node(dht_config()).await;
+    let mut events = b.events();
+    let a_id = b.dial(a_addr).await.unwrap();
+    wait_event(&mut events, "identify from A", |e| {
+        matches!(e, Event::PeerIdentified { peer, .. } if *peer == a_id).then_some(())
+    })
+    .await;
+    let c_id = c.local_peer_id();
+    assert!(!b.connected_peers().await.unwrap().contains(&c_id));
+    assert!(b.peer_store().addresses(&c_id).is_empty());
+
+    let reply = within("request to C", b.client().request(c_id, echo(5))).await;
+    assert_eq!(reply, Ok(answer(&echo(5), c_id)));
+}

@@ -39,6 +39,11 @@ impl Control {
         Self { shared, dial_tx }
     }
 
+    /// Whether there is an established connection to `peer`.
+    pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
+        lock(&self.shared).by_peer.contains_key(peer)
+    }
+
     /// Opens a stream to `peer` on `protocol`, dialing the peer if there is no connection.
     pub(crate) async fn open(
         &self,
