@@ -189,7 +189,11 @@ async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
         .find_peer(peer)
         .await
     {
-        for addr in addrs {
+        let allow_private = shared.config.allow_private_addrs;
+        for addr in addrs
+            .into_iter()
+            .filter(|a| allow_private || !crate::gate::is_private(a))
+        {
             store.add_peer_with_addr(peer, addr);
         }
     }
