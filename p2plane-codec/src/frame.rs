@@ -231,23 +231,6 @@ async fn read_varint_counted<R: AsyncRead + Unpin>(
     Err(CodecError::BadLength("longer than 9 bytes").into())
 }
 
-/// Splits a multiplexed payload into its id and the encoded value that follows.
-pub fn split_id(payload: &[u8]) -> Result<(u64, &[u8]), CodecError> {
-    let mut value: u64 = 0;
-    for (i, &b) in payload.iter().take(MAX_VARINT_LEN).enumerate() {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if b == 0 && i > 0 {
-                return Err(CodecError::BadLength("request id not minimally encoded"));
-            }
-            return Ok((value, &payload[i + 1..]));
-        }
-    }
-    Err(CodecError::BadLength(
-        "request id missing or longer than 9 bytes",
-    ))
-}
-
 async fn read_varint<R: AsyncRead + Unpin>(io: &mut R) -> Result<u64, FrameError> {
     read_varint_counted(io, MAX_VARINT_LEN)
         .await
@@ -298,13 +281,23 @@ mod tests {
         let codec = CborCodec::default();
         for id in [0u64, 1, 127, 128, 300, u64::MAX >> 1] {
             let frame = FrameBuf::encode_with_id(&codec, id, &"hello").unwrap();
-            let payload = read(frame.as_bytes(), 1000).unwrap();
-            let (got, body) = split_id(&payload).unwrap();
-            assert_eq!(got, id);
-            assert_eq!(codec.decode::<String>(body).unwrap(), "hello");
+            let mut wire = frame.as_bytes();
+            match block_on(read_shared_frame(&mut wire, 1000)).unwrap() {
+                SharedFrame::Frame { id: got, body } => {
+                    assert_eq!(got, id);
+                    assert_eq!(codec.decode::<String>(&body).unwrap(), "hello");
+                }
+                other => panic!("{other:?}"),
+            }
         }
-        assert!(split_id(&[]).is_err());
-        assert!(split_id(&[0x80, 0x00]).is_err());
+        // A frame with no id, and one whose id is not minimally encoded, are refused.
+        for bad in [&[0x00][..], &[0x02, 0x80, 0x00]] {
+            let mut wire = bad;
+            assert!(
+                block_on(read_shared_frame(&mut wire, 1000)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

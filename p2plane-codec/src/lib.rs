@@ -29,7 +29,5 @@ mod frame;
 
 pub use cbor::{CborCodec, DEFAULT_MAX_MESSAGE_SIZE};
 pub use envelope::Envelope;
-pub use frame::{
-    FrameBuf, FrameError, MAX_VARINT_LEN, SharedFrame, read_frame, read_shared_frame, split_id,
-};
+pub use frame::{FrameBuf, FrameError, MAX_VARINT_LEN, SharedFrame, read_frame, read_shared_frame};
 pub use p2plane_core::{Codec, CodecError};

@@ -528,14 +528,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Both peers share one runtime of two workers: the machine's two cores.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--profile-large") {
         // Only P2PLane's 1 MiB transfers over TCP, for a profiler.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime.block_on(async {
             let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
             let t = Instant::now();
@@ -567,11 +572,7 @@ fn main() {
             large: 50,
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let mut rows = Vec::new();
         let raw: Vec<Sample> = {

@@ -1,7 +1,6 @@
 use std::{
     convert::Infallible,
     future::{Ready, ready},
-    io,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
@@ -155,11 +154,5 @@ impl OutboundUpgrade<Stream> for Upgrade {
 
     fn upgrade_outbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
         ready(Ok((stream, protocol)))
-    }
-}
-
-impl From<io::Error> for OpenError {
-    fn from(e: io::Error) -> Self {
-        OpenError::Io(e)
     }
 }
