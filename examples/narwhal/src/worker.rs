@@ -1,0 +1,283 @@
+//! The worker: batches client transactions, sends each batch to the other workers, and hands
+//! its digest to the primary once 2f+1 workers (itself included) hold it. It also stores
+//! the other workers' batches and serves missing ones.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use p2plane::{Error, Node, NodeError, Request, service_fn};
+use tokio::{
+    sync::{Semaphore, mpsc, watch},
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    committee::{Committee, Parameters},
+    log::Logger,
+    net::{Reliable, reliable, send_until_gc},
+    primary::CoreEvent,
+    types::{
+        AuthorityIndex, BatchProtocol, BatchSyncProtocol, Digest, HeaderProtocol, Round,
+        Transactions, TxProtocol, sample_id,
+    },
+};
+
+/// The most batch bytes a worker stores; beyond, other workers' batches are answered `Busy`
+/// until garbage collection frees room.
+pub(crate) const MAX_STORE_BYTES: usize = 2 << 30;
+/// The most batch bytes in one batch-sync answer.
+pub(crate) const MAX_SYNC_ANSWER_BYTES: usize = 6 << 20;
+
+/// Batches by digest, each with the primary's round when it was stored (for garbage
+/// collection).
+#[derive(Default)]
+pub(crate) struct BatchStore {
+    batches: HashMap<Digest, (Transactions, Round)>,
+    bytes: usize,
+}
+
+pub(crate) type SharedStore = Arc<Mutex<BatchStore>>;
+
+impl BatchStore {
+    pub(crate) fn lock(store: &SharedStore) -> std::sync::MutexGuard<'_, BatchStore> {
+        store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a batch; `false` if the store is full.
+    pub(crate) fn insert(&mut self, digest: Digest, batch: Transactions, round: Round) -> bool {
+        if self.batches.contains_key(&digest) {
+            return true;
+        }
+        if self.bytes + batch.0.len() > MAX_STORE_BYTES {
+            return false;
+        }
+        self.bytes += batch.0.len();
+        self.batches.insert(digest, (batch, round));
+        true
+    }
+
+    /// The digests of `wanted` not held.
+    pub(crate) fn missing(&self, wanted: &[Digest]) -> Vec<Digest> {
+        wanted
+            .iter()
+            .filter(|d| !self.batches.contains_key(d))
+            .copied()
+            .collect()
+    }
+
+    /// Drops batches stored before round `gc_round`.
+    pub(crate) fn collect_garbage(&mut self, gc_round: Round) {
+        let mut freed = 0;
+        self.batches.retain(|_, (batch, round)| {
+            let keep = *round >= gc_round;
+            if !keep {
+                freed += batch.0.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+/// What the worker needs from its authority.
+pub(crate) struct WorkerContext {
+    pub me: AuthorityIndex,
+    pub committee: Arc<Committee>,
+    pub params: Parameters,
+    pub node: Node<HeaderProtocol>,
+    pub store: SharedStore,
+    pub log: Logger,
+    pub gc: watch::Receiver<Round>,
+    pub round: watch::Receiver<Round>,
+    pub tasks: Arc<Semaphore>,
+    pub primary: mpsc::Sender<CoreEvent>,
+}
+
+/// Serves the worker's protocols and starts its batch maker.
+pub(crate) fn start(ctx: WorkerContext) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    let (tx_sender, tx_receiver) = mpsc::channel::<Request<Transactions>>(64);
+
+    // Client transactions: queued for the batch maker (a full queue holds the client back).
+    ctx.node
+        .serve_protocol::<TxProtocol, _>(service_fn(move |req: Request<Transactions>| {
+            let sender = tx_sender.clone();
+            async move {
+                if let Some(Err(e)) = req.body().iter().find(Result::is_err) {
+                    return Err(Error::Rejected {
+                        peer: None,
+                        reason: e.to_string(),
+                    });
+                }
+                sender.send(req).await.map_err(|_| Error::Shutdown)
+            }
+        }))?;
+
+    // Other workers' batches: stored, then acknowledged.
+    let store = Arc::clone(&ctx.store);
+    let round = ctx.round.clone();
+    ctx.node.serve_protocol::<BatchProtocol, _>(service_fn(
+        move |req: Request<Transactions>| {
+            let store = Arc::clone(&store);
+            let round = *round.borrow();
+            async move {
+                let peer = req.peer();
+                let batch = req.into_body();
+                let digest = batch.digest();
+                if BatchStore::lock(&store).insert(digest, batch, round) {
+                    Ok(())
+                } else {
+                    Err(Error::Busy { peer })
+                }
+            }
+        },
+    ))?;
+
+    // Batch sync: whatever is held of what is asked, up to a size bound.
+    let store = Arc::clone(&ctx.store);
+    ctx.node.serve_protocol::<BatchSyncProtocol, _>(service_fn(
+        move |req: Request<Vec<Digest>>| {
+            let store = Arc::clone(&store);
+            async move {
+                let store = BatchStore::lock(&store);
+                let mut bytes = 0;
+                let mut answer = Vec::new();
+                for digest in req.body() {
+                    if let Some((batch, _)) = store.batches.get(digest) {
+                        bytes += batch.0.len();
+                        if bytes > MAX_SYNC_ANSWER_BYTES && !answer.is_empty() {
+                            break;
+                        }
+                        answer.push(batch.clone());
+                    }
+                }
+                Ok::<_, Error>(answer)
+            }
+        },
+    ))?;
+
+    Ok(tokio::spawn(batch_maker(ctx, tx_receiver)))
+}
+
+struct Pending {
+    batch: Transactions,
+    tx_bytes: usize,
+    samples: Vec<u64>,
+}
+
+async fn batch_maker(ctx: WorkerContext, mut requests: mpsc::Receiver<Request<Transactions>>) {
+    let client = reliable::<_, BatchProtocol>(&ctx.node, Duration::from_secs(10), 20);
+    let mut pending = Pending {
+        batch: Transactions(Vec::with_capacity(ctx.params.batch_size + 1024)),
+        tx_bytes: 0,
+        samples: Vec::new(),
+    };
+    let mut deadline = Instant::now() + ctx.params.max_batch_delay;
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(request) = request else { break };
+                for tx in request.body().iter().flatten() {
+                    pending.batch.push(tx);
+                    pending.tx_bytes += tx.len();
+                    if let Some(id) = sample_id(tx) {
+                        pending.samples.push(id);
+                    }
+                    if pending.tx_bytes >= ctx.params.batch_size {
+                        seal(&ctx, &client, &mut pending).await;
+                        deadline = Instant::now() + ctx.params.max_batch_delay;
+                    }
+                }
+            }
+            () = sleep_until(deadline) => {
+                if pending.tx_bytes > 0 {
+                    seal(&ctx, &client, &mut pending).await;
+                }
+                deadline = Instant::now() + ctx.params.max_batch_delay;
+            }
+        }
+    }
+}
+
+/// Seals the pending batch: logs it as the reference does, stores it, and sends it to the
+/// other workers; a task counts their acknowledgements and tells the primary at 2f+1.
+async fn seal(ctx: &WorkerContext, client: &Reliable<BatchProtocol>, pending: &mut Pending) {
+    let capacity = ctx.params.batch_size + 1024;
+    let batch = std::mem::replace(
+        &mut pending.batch,
+        Transactions(Vec::with_capacity(capacity)),
+    );
+    let digest = batch.digest();
+    ctx.log.info(format_args!(
+        "Batch {digest} contains {} B",
+        pending.tx_bytes
+    ));
+    for id in pending.samples.drain(..) {
+        ctx.log
+            .info(format_args!("Batch {digest} contains sample tx {id}"));
+    }
+    pending.tx_bytes = 0;
+    let round = *ctx.round.borrow();
+    let stored = BatchStore::lock(&ctx.store).insert(digest, batch.clone(), round);
+    if !stored {
+        ctx.log
+            .warn(format_args!("batch store full: dropping batch {digest}"));
+        return;
+    }
+
+    let Ok(permit) = Arc::clone(&ctx.tasks).acquire_owned().await else {
+        return;
+    };
+    let me = ctx.me;
+    let peers: Vec<_> = ctx
+        .committee
+        .authorities()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as AuthorityIndex != me)
+        .map(|(_, a)| a.peer_id)
+        .collect();
+    let quorum = ctx.committee.quorum_threshold();
+    let primary = ctx.primary.clone();
+    let gc = ctx.gc.clone();
+    let log = ctx.log.clone();
+    let client = client.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut stake = 1;
+        let mut delivered = false;
+        if stake >= quorum {
+            delivered = primary.send(CoreEvent::OurBatch(digest)).await.is_ok();
+        }
+        let Some(first) = peers.first() else { return };
+        let request = Request::for_protocol::<BatchProtocol>(*first, batch);
+        let mut acks: FuturesUnordered<_> = peers
+            .iter()
+            .map(|peer| {
+                send_until_gc(
+                    client.clone(),
+                    request.clone().with_peer(*peer),
+                    gc.clone(),
+                    round,
+                )
+            })
+            .collect();
+        drop(request);
+        while let Some(result) = acks.next().await {
+            if let Some(Ok(())) = result {
+                stake += 1;
+            }
+            if !delivered && stake >= quorum {
+                delivered = primary.send(CoreEvent::OurBatch(digest)).await.is_ok();
+            }
+        }
+        if !delivered {
+            log.warn(format_args!(
+                "batch {digest} reached only {stake} of {quorum} workers"
+            ));
+        }
+    });
+}
