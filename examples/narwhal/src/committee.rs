@@ -194,6 +194,20 @@ pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     Some(key)
 }
 
+/// The IP address (or host name) of a multiaddr, as text; `?` if it has none.
+pub fn host(address: &Multiaddr) -> String {
+    use p2plane::transport::libp2p::multiaddr::Protocol;
+    address
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(ip.to_string()),
+            Protocol::Ip6(ip) => Some(ip.to_string()),
+            Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => Some(h.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 /// Which commit rule consensus uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConsensusRule {

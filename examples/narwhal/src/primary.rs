@@ -133,15 +133,41 @@ pub(crate) fn channels() -> Channels {
 }
 
 /// Serves the primary's protocols and starts its core.
+/// The most batch digests a header may carry.
+pub const MAX_HEADER_PAYLOAD: usize = 10_000;
+
+/// The checks on a header that need no DAG: sizes, author, id, signature.
+fn check_header(header: &Header, committee: &Committee) -> Result<(), String> {
+    if header.payload.len() > MAX_HEADER_PAYLOAD {
+        return Err(format!(
+            "{header} carries {} batch digests, more than {MAX_HEADER_PAYLOAD}",
+            header.payload.len()
+        ));
+    }
+    if header.parents.len() > committee.size() {
+        return Err(format!(
+            "{header} has {} parents in a committee of {}",
+            header.parents.len(),
+            committee.size()
+        ));
+    }
+    header.verify(committee).map_err(|e| e.to_string())
+}
+
 pub(crate) fn start(
     ctx: PrimaryContext,
     channels: Channels,
 ) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    // Signatures are checked in the handlers' tasks, off the core.
     let events = channels.events.clone();
+    let committee = Arc::clone(&ctx.committee);
     ctx.node
         .serve_protocol::<HeaderProtocol, _>(service_fn(move |req: Request<Header>| {
             let events = events.clone();
+            let committee = Arc::clone(&committee);
             async move {
+                check_header(req.body(), &committee)
+                    .map_err(|reason| Error::Rejected { peer: None, reason })?;
                 let (reply, answer) = oneshot::channel();
                 events
                     .send(CoreEvent::Header(req.into_body(), reply))
@@ -155,11 +181,17 @@ pub(crate) fn start(
             }
         }))?;
     let events = channels.events.clone();
+    let committee = Arc::clone(&ctx.committee);
     ctx.node
         .serve_protocol::<CertificateProtocol, _>(service_fn(
             move |req: Request<Certificate>| {
                 let events = events.clone();
+                let committee = Arc::clone(&committee);
                 async move {
+                    let certificate = req.body();
+                    check_header(&certificate.header, &committee)
+                        .and_then(|()| certificate.verify(&committee).map_err(|e| e.to_string()))
+                        .map_err(|reason| Error::Rejected { peer: None, reason })?;
                     events
                         .send(CoreEvent::Certificate(req.into_body()))
                         .await
@@ -305,6 +337,13 @@ impl Core {
 
     fn log_parameters(&self) {
         let p = &self.params;
+        if let Some(address) = self.committee.authority(self.me).map(|a| &a.address) {
+            self.log.info(format_args!(
+                "Primary {} successfully booted on {}",
+                self.me,
+                crate::committee::host(address)
+            ));
+        }
         self.log
             .info(format_args!("Header size set to {} B", p.header_size));
         self.log.info(format_args!(
@@ -335,7 +374,7 @@ impl Core {
         match event {
             CoreEvent::Header(header, reply) => self.on_header(header, reply).await,
             CoreEvent::Certificate(certificate) => {
-                self.on_certificate(certificate, false).await;
+                self.on_certificate(certificate).await;
             }
             CoreEvent::CertificateRequest(digests, reply) => {
                 let found = digests
@@ -358,7 +397,7 @@ impl Core {
                 requested,
             } => {
                 for certificate in certificates {
-                    self.on_certificate(certificate, false).await;
+                    self.on_certificate(certificate).await;
                 }
                 if let Some(requested) = requested {
                     for digest in &requested {
@@ -465,9 +504,12 @@ impl Core {
             let request = request.clone().with_peer(peer);
             let gc = self.gc.clone();
             let internal = self.internal_tx.clone();
+            let committee = Arc::clone(&self.committee);
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Some(Ok(vote)) = send_until_gc(client, request, gc, round).await {
+                if let Some(Ok(vote)) = send_until_gc(client, request, gc, round).await
+                    && vote.verify(&committee).is_ok()
+                {
                     let _ = internal.send(Internal::Vote(vote)).await;
                 }
             });
@@ -485,7 +527,6 @@ impl Core {
             || vote.round != header.round
             || vote.origin != self.me
             || current.votes.iter().any(|(a, _)| *a == vote.author)
-            || vote.verify(&self.committee).is_err()
         {
             return;
         }
@@ -525,7 +566,7 @@ impl Core {
                 let _ = send_until_gc(client, request, gc, round).await;
             });
         }
-        self.on_certificate(certificate, true).await;
+        self.on_certificate(certificate).await;
     }
 
     fn others(&self) -> Vec<PeerId> {
@@ -546,7 +587,7 @@ impl Core {
         } else if header.round < self.gc_round {
             Err(format!("{header} is below the garbage-collection round"))
         } else {
-            header.verify(&self.committee).map_err(|e| e.to_string())
+            Ok(())
         };
         if let Err(reason) = check {
             let _ = reply.send(Err(reason));
@@ -652,17 +693,13 @@ impl Core {
 
     // ---------------------------------------------------------------- certificates
 
-    async fn on_certificate(&mut self, certificate: Certificate, trusted: bool) {
+    /// Takes a verified certificate (checked by the handler, the fetch task, or made here).
+    async fn on_certificate(&mut self, certificate: Certificate) {
         let digest = certificate.digest();
         if certificate.round() < self.gc_round
             || self.certs.contains_key(&digest)
             || self.waiting_certs.contains_key(&digest)
         {
-            return;
-        }
-        if !trusted && let Err(e) = certificate.verify(&self.committee) {
-            self.log
-                .warn(format_args!("refused certificate {certificate:?}: {e}"));
             return;
         }
         let missing: Vec<Digest> = certificate
@@ -784,6 +821,7 @@ impl Core {
                     return;
                 };
                 let targets = self.targets(author);
+                let committee = Arc::clone(&self.committee);
                 let client = self.cert_sync.clone();
                 let internal = self.internal_tx.clone();
                 let retry_delay = self.params.sync_retry_delay;
@@ -805,7 +843,11 @@ impl Core {
                                 send_until_gc(client.clone(), request, gc.clone(), round).await
                             {
                                 for c in certs {
-                                    if left.remove(&c.digest()) {
+                                    if left.contains(&c.digest())
+                                        && check_header(&c.header, &committee).is_ok()
+                                        && c.verify(&committee).is_ok()
+                                    {
+                                        left.remove(&c.digest());
                                         found.push(c);
                                     }
                                 }

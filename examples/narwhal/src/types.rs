@@ -442,6 +442,77 @@ mod tests {
     }
 
     #[test]
+    fn forged_headers_and_certificates_are_refused_with_typed_errors() {
+        let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+        let committee = Committee::new(
+            keys.iter()
+                .map(|k| {
+                    (
+                        k.public().to_peer_id(),
+                        "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+                    )
+                })
+                .collect(),
+        )
+        .unwrap();
+        let parents: BTreeSet<Digest> = Certificate::genesis(&committee)
+            .iter()
+            .map(Certificate::digest)
+            .collect();
+        let header = Header::new(0, 1, vec![Digest::of(&[b"batch"])], parents, &keys[0]);
+        header.verify(&committee).unwrap();
+
+        let mut bad = header.clone();
+        bad.payload.clear();
+        assert_eq!(bad.verify(&committee), Err(InvalidMessage::BadId));
+        let mut bad = header.clone();
+        bad.signature = keys[1].sign(&bad.id.0).unwrap();
+        assert_eq!(bad.verify(&committee), Err(InvalidMessage::BadSignature(0)));
+        let mut bad = header.clone();
+        bad.author = 9;
+        assert_eq!(
+            bad.verify(&committee),
+            Err(InvalidMessage::UnknownAuthority(9))
+        );
+
+        let vote = |i: usize| {
+            let v = Vote::new(&header, i as AuthorityIndex, &keys[i]);
+            v.verify(&committee).unwrap();
+            (v.author, ByteBuf::from(v.signature))
+        };
+        let certificate = Certificate {
+            header: header.clone(),
+            votes: vec![vote(0), vote(1), vote(2)],
+        };
+        certificate.verify(&committee).unwrap();
+
+        let mut few = certificate.clone();
+        few.votes.pop();
+        assert_eq!(
+            few.verify(&committee),
+            Err(InvalidMessage::Votes("fewer than 2f+1 votes"))
+        );
+        let mut twice = certificate.clone();
+        twice.votes[2] = vote(1);
+        assert_eq!(
+            twice.verify(&committee),
+            Err(InvalidMessage::Votes("a voter appears twice"))
+        );
+        let mut forged = certificate.clone();
+        forged.votes[2].1 = ByteBuf::from(keys[3].sign(b"something else").unwrap());
+        assert_eq!(
+            forged.verify(&committee),
+            Err(InvalidMessage::BadSignature(2))
+        );
+        let mut stranger = certificate;
+        stranger.votes[2].0 = 7;
+        assert_eq!(
+            stranger.verify(&committee),
+            Err(InvalidMessage::UnknownAuthority(7))
+        );
+    }
+
+    #[test]
     fn digest_displays_as_base64_like_the_reference() {
         let shown = Digest::of(&[b"x"]).to_string();
         assert_eq!(shown.len(), 44);

@@ -159,6 +159,13 @@ pub(crate) fn start(ctx: WorkerContext) -> Result<tokio::task::JoinHandle<()>, N
         },
     ))?;
 
+    if let Some(authority) = ctx.committee.authority(ctx.me) {
+        ctx.log.info(format_args!(
+            "Worker {} successfully booted on {}",
+            ctx.me,
+            crate::committee::host(&authority.address)
+        ));
+    }
     Ok(tokio::spawn(batch_maker(ctx, tx_receiver)))
 }
 

@@ -8,10 +8,10 @@ use std::{
 };
 
 use narwhal::{
-    Authority, Certificate, Committed, Digest, Header, LocalCommittee, Parameters, Round,
+    Authority, Certificate, Committed, Digest, Header, LocalCommittee, Parameters, Round, Vote,
     client::{self, ClientConfig},
     log::Logger,
-    types::HeaderProtocol,
+    types::{CertificateProtocol, HeaderProtocol},
 };
 use p2plane::{Error, Node, NodeConfig, Request, tower::ServiceExt};
 use tokio::task::JoinHandle;
@@ -285,6 +285,28 @@ async fn two_headers_for_one_round_are_never_both_certified() {
         let again = send(*peer, first).await.unwrap();
         assert_eq!(again.header_id, first.id);
     }
+    // Forgeries are refused with the reason: a header signed by another key, and a
+    // certificate of A carrying the Byzantine's own vote alone.
+    let mut forged = Header::new(3, 2, vec![], BTreeSet::new(), &keypair);
+    forged.signature = local.keypair(0).sign(&forged.id.0).unwrap();
+    match send(peers[0], &forged).await {
+        Err(Error::Rejected { reason, .. }) => assert!(reason.contains("signature"), "{reason}"),
+        other => panic!("a forged header was answered with {other:?}"),
+    }
+    let own = Vote::new(&a, 3, &keypair);
+    let thin = Certificate {
+        header: a.clone(),
+        votes: vec![(3, own.signature.into())],
+    };
+    let certificates = byzantine.client_for::<CertificateProtocol>();
+    match certificates
+        .oneshot(Request::for_protocol::<CertificateProtocol>(peers[0], thin))
+        .await
+    {
+        Err(Error::Rejected { reason, .. }) => assert!(reason.contains("2f+1"), "{reason}"),
+        other => panic!("a certificate with one vote was answered with {other:?}"),
+    }
+
     let quorum = local.committee().quorum_threshold();
     assert_eq!((votes_a, votes_b), (3, 2));
     assert!(!(votes_a >= quorum && votes_b >= quorum));
