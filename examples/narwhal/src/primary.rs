@@ -9,7 +9,7 @@ use std::{
 };
 
 use libp2p_identity::{Keypair, PeerId};
-use p2plane::{Error, Node, NodeError, Request, service_fn};
+use p2plane::{Error, Node, NodeError, Protocol, Request, service_fn};
 use rand::seq::IndexedRandom as _;
 use serde_bytes::ByteBuf;
 use tokio::{
@@ -344,30 +344,19 @@ impl Core {
                 crate::committee::host(address)
             ));
         }
-        self.log
-            .info(format_args!("Header size set to {} B", p.header_size));
-        self.log.info(format_args!(
-            "Max header delay set to {} ms",
-            p.max_header_delay.as_millis()
-        ));
-        self.log.info(format_args!(
-            "Garbage collection depth set to {} rounds",
-            p.gc_depth
-        ));
-        self.log.info(format_args!(
-            "Sync retry delay set to {} ms",
-            p.sync_retry_delay.as_millis()
-        ));
-        self.log.info(format_args!(
-            "Sync retry nodes set to {} nodes",
-            p.sync_retry_nodes
-        ));
-        self.log
-            .info(format_args!("Batch size set to {} B", p.batch_size));
-        self.log.info(format_args!(
-            "Max batch delay set to {} ms",
-            p.max_batch_delay.as_millis()
-        ));
+        // The reference's parameter lines, which its log parser reads.
+        let ms = |d: Duration| d.as_millis();
+        for (name, value, unit) in [
+            ("Header size", p.header_size as u128, "B"),
+            ("Max header delay", ms(p.max_header_delay), "ms"),
+            ("Garbage collection depth", u128::from(p.gc_depth), "rounds"),
+            ("Sync retry delay", ms(p.sync_retry_delay), "ms"),
+            ("Sync retry nodes", p.sync_retry_nodes as u128, "nodes"),
+            ("Batch size", p.batch_size as u128, "B"),
+            ("Max batch delay", ms(p.max_batch_delay), "ms"),
+        ] {
+            self.log.info(format_args!("{name} set to {value} {unit}"));
+        }
     }
 
     async fn on_event(&mut self, event: CoreEvent) {
@@ -495,26 +484,44 @@ impl Core {
             done: false,
         });
         let round = header.round;
-        let request = Request::for_protocol::<HeaderProtocol>(self.node.local_peer_id(), header);
+        let committee = Arc::clone(&self.committee);
+        self.broadcast(&self.headers, header, round, move |vote: Vote| {
+            vote.verify(&committee)
+                .is_ok()
+                .then_some(Internal::Vote(vote))
+        })
+        .await;
+        self.try_certify().await;
+    }
+
+    /// Sends `body` to every other authority, each send in a task of its own (under a task
+    /// permit), retried until answered or garbage-collected; `answer` turns a response into
+    /// something for the core, or nothing.
+    async fn broadcast<Q: Protocol>(
+        &self,
+        client: &Reliable<Q>,
+        body: Q::Request,
+        round: Round,
+        answer: impl Fn(Q::Response) -> Option<Internal> + Clone + Send + 'static,
+    ) {
+        let request = Request::for_protocol::<Q>(self.node.local_peer_id(), body);
         for peer in self.others() {
             let Ok(permit) = Arc::clone(&self.tasks).acquire_owned().await else {
                 return;
             };
-            let client = self.headers.clone();
+            let (client, gc) = (client.clone(), self.gc.clone());
             let request = request.clone().with_peer(peer);
-            let gc = self.gc.clone();
             let internal = self.internal_tx.clone();
-            let committee = Arc::clone(&self.committee);
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Some(Ok(vote)) = send_until_gc(client, request, gc, round).await
-                    && vote.verify(&committee).is_ok()
+                if let Some(Ok(response)) = send_until_gc(client, request, gc, round).await
+                    && let Some(message) = answer(response)
                 {
-                    let _ = internal.send(Internal::Vote(vote)).await;
+                    let _ = internal.send(message).await;
                 }
             });
         }
-        self.try_certify().await;
     }
 
     async fn on_vote(&mut self, vote: Vote) {
@@ -550,22 +557,8 @@ impl Core {
             votes: current.votes.clone(),
         };
         let round = certificate.round();
-        let request = Request::for_protocol::<CertificateProtocol>(
-            self.node.local_peer_id(),
-            certificate.clone(),
-        );
-        for peer in self.others() {
-            let Ok(permit) = Arc::clone(&self.tasks).acquire_owned().await else {
-                return;
-            };
-            let client = self.certificates.clone();
-            let request = request.clone().with_peer(peer);
-            let gc = self.gc.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ = send_until_gc(client, request, gc, round).await;
-            });
-        }
+        self.broadcast(&self.certificates, certificate.clone(), round, |()| None)
+            .await;
         self.on_certificate(certificate).await;
     }
 

@@ -78,6 +78,19 @@ async fn load(local: &LocalCommittee, index: usize) -> JoinHandle<()> {
     })
 }
 
+/// Authorities `0..count` of `local`, each with a client sending it transactions.
+async fn start_loaded(local: &LocalCommittee, count: usize) -> (Vec<Running>, Vec<JoinHandle<()>>) {
+    let mut running = Vec::new();
+    for i in 0..count {
+        running.push(start(local, i).await);
+    }
+    let mut clients = Vec::new();
+    for i in 0..count {
+        clients.push(load(local, i).await);
+    }
+    (running, clients)
+}
+
 async fn committed_round_at_least(running: &Running, round: Round) {
     let mut committed = running.authority.progress().committed_round.clone();
     tokio::time::timeout(WAIT, committed.wait_for(|r| *r >= round))
@@ -86,7 +99,11 @@ async fn committed_round_at_least(running: &Running, round: Round) {
         .expect("the authority runs");
 }
 
-async fn stop(running: Vec<Running>) -> Vec<Vec<Committed>> {
+/// Stops the clients and the authorities; returns each authority's committed sequence.
+async fn stop(clients: Vec<JoinHandle<()>>, running: Vec<Running>) -> Vec<Vec<Committed>> {
+    for c in clients {
+        c.abort();
+    }
     let mut sequences = Vec::new();
     for r in running {
         r.authority.shutdown().await;
@@ -139,21 +156,11 @@ fn check_sequences(sequences: &[Vec<Committed>]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_honest_nodes_agree_and_commit_transactions() {
     let local = LocalCommittee::new(4, params(), None).unwrap();
-    let mut running = Vec::new();
-    for i in 0..4 {
-        running.push(start(&local, i).await);
-    }
-    let mut clients = Vec::new();
-    for i in 0..4 {
-        clients.push(load(&local, i).await);
-    }
+    let (running, clients) = start_loaded(&local, 4).await;
     for r in &running {
         committed_round_at_least(r, 20).await;
     }
-    for c in clients {
-        c.abort();
-    }
-    let sequences = stop(running).await;
+    let sequences = stop(clients, running).await;
     let batches = check_sequences(&sequences);
     assert!(batches > 0, "transactions were committed");
 }
@@ -161,22 +168,12 @@ async fn four_honest_nodes_agree_and_commit_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_node_crashed_rounds_advance_and_transactions_commit() {
     let local = LocalCommittee::new(4, params(), None).unwrap();
-    let mut running = Vec::new();
     // Authority 3 never starts; it leads every fourth even round.
-    for i in 0..3 {
-        running.push(start(&local, i).await);
-    }
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        clients.push(load(&local, i).await);
-    }
+    let (running, clients) = start_loaded(&local, 3).await;
     for r in &running {
         committed_round_at_least(r, 16).await;
     }
-    for c in clients {
-        c.abort();
-    }
-    let sequences = stop(running).await;
+    let sequences = stop(clients, running).await;
     let batches = check_sequences(&sequences);
     assert!(batches > 0, "transactions were committed");
     let authors: BTreeSet<_> = sequences[0]
@@ -189,14 +186,7 @@ async fn with_one_node_crashed_rounds_advance_and_transactions_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_late_catches_up_and_agrees() {
     let local = LocalCommittee::new(4, params(), None).unwrap();
-    let mut running = Vec::new();
-    for i in 0..3 {
-        running.push(start(&local, i).await);
-    }
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        clients.push(load(&local, i).await);
-    }
+    let (mut running, clients) = start_loaded(&local, 3).await;
     committed_round_at_least(&running[0], 12).await;
     let behind = *running[0].authority.progress().committed_round.borrow();
     let late = start(&local, 3).await;
@@ -204,10 +194,7 @@ async fn a_node_started_late_catches_up_and_agrees() {
     // and keeps up.
     committed_round_at_least(&late, behind + 10).await;
     running.push(late);
-    for c in clients {
-        c.abort();
-    }
-    let sequences = stop(running).await;
+    let sequences = stop(clients, running).await;
     check_sequences(&sequences);
     let late = &sequences[3];
     assert!(
@@ -311,5 +298,5 @@ async fn two_headers_for_one_round_are_never_both_certified() {
     assert_eq!((votes_a, votes_b), (3, 2));
     assert!(!(votes_a >= quorum && votes_b >= quorum));
     byzantine.shutdown().await;
-    stop(running).await;
+    stop(Vec::new(), running).await;
 }
