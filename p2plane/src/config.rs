@@ -1,8 +1,8 @@
-use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use libp2p::identity::Keypair;
 use p2plane_codec::DEFAULT_MAX_MESSAGE_SIZE;
-use p2plane_core::{Multiaddr, PeerStore};
+use p2plane_core::{Multiaddr, PeerId, PeerStore};
 use p2plane_dht::DhtConfig;
 use p2plane_peers::MemoryPeerStore;
 use p2plane_transport::{Limits, TransportConfig};
@@ -64,6 +64,11 @@ pub struct NodeConfig {
     /// Keep loopback, private-range and memory addresses in the peer store. Default `false`:
     /// such addresses mean nothing to other hosts. Turn it on for tests and private networks.
     pub allow_private_addrs: bool,
+    /// When set, the only peers this node connects with, inbound or outbound: any other is
+    /// refused as its connection is established (once the handshake has proved its
+    /// `PeerId`), before any protocol runs. For closed groups such as a consensus
+    /// committee. Default `None` (anyone may connect).
+    pub allowed_peers: Option<HashSet<PeerId>>,
     /// How many known peers a node dials when it starts (most recently successful first).
     /// Default 8.
     pub redial_on_start: usize,
@@ -90,6 +95,10 @@ impl fmt::Debug for NodeConfig {
             .field("transport", &self.transport)
             .field("limits", &self.limits)
             .field("allow_private_addrs", &self.allow_private_addrs)
+            .field(
+                "allowed_peers",
+                &self.allowed_peers.as_ref().map(HashSet::len),
+            )
             .field("redial_on_start", &self.redial_on_start)
             .field("multiplex", &self.multiplex)
             .field("dht", &self.dht)
@@ -111,6 +120,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             peer_store: Arc::new(MemoryPeerStore::default()),
             allow_private_addrs: false,
+            allowed_peers: None,
             redial_on_start: 8,
             multiplex: true,
             dht: Some(DhtConfig::default()),
@@ -180,6 +190,22 @@ impl NodeConfig {
     #[must_use]
     pub fn with_private_addrs(mut self, allow: bool) -> Self {
         self.allow_private_addrs = allow;
+        self
+    }
+
+    /// Connects only with `peers` (see [`NodeConfig::allowed_peers`]).
+    ///
+    /// ```
+    /// use p2plane::{NodeConfig, PeerId};
+    ///
+    /// let committee = [PeerId::random(), PeerId::random()];
+    /// let config = NodeConfig::listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+    ///     .with_allowed_peers(committee);
+    /// assert_eq!(config.allowed_peers.map(|p| p.len()), Some(2));
+    /// ```
+    #[must_use]
+    pub fn with_allowed_peers(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        self.allowed_peers = Some(peers.into_iter().collect());
         self
     }
 

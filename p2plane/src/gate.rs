@@ -1,8 +1,9 @@
-//! Where the peer store meets connections: banned peers are refused both ways, peers that
-//! keep failing are not redialed until their backoff passes, and dials by peer id get the
-//! store's addresses.
+//! Where the peer store meets connections: banned peers (and, with an allow-list, every peer
+//! not on it) are refused both ways, peers that keep failing are not redialed until their
+//! backoff passes, and dials by peer id get the store's addresses.
 
 use std::{
+    collections::HashSet,
     convert::Infallible,
     fmt,
     sync::Arc,
@@ -29,6 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) enum Refused {
     Banned,
+    NotAllowed,
     BackingOff { retry_in: Duration },
 }
 
@@ -36,6 +38,7 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::Banned => write!(f, "the peer is banned"),
+            Refused::NotAllowed => write!(f, "the peer is not on the allow-list"),
             Refused::BackingOff { retry_in } => {
                 write!(
                     f,
@@ -62,14 +65,25 @@ pub(crate) fn backoff_remaining(record: &PeerRecord, now: SystemTime) -> Option<
 
 pub(crate) struct Gate {
     store: Arc<dyn PeerStore>,
+    allowed: Option<HashSet<PeerId>>,
 }
 
 impl Gate {
-    pub(crate) fn new(store: Arc<dyn PeerStore>) -> Self {
-        Self { store }
+    pub(crate) fn new(store: Arc<dyn PeerStore>, allowed: Option<HashSet<PeerId>>) -> Self {
+        Self { store, allowed }
+    }
+
+    fn check_allowed(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
+        match &self.allowed {
+            Some(allowed) if !allowed.contains(peer) => {
+                Err(ConnectionDenied::new(Refused::NotAllowed))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check(&self, peer: &PeerId, outbound: bool) -> Result<(), ConnectionDenied> {
+        self.check_allowed(peer)?;
         let Some(record) = self.store.record(peer) else {
             return Ok(());
         };
@@ -121,7 +135,8 @@ impl NetworkBehaviour for Gate {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        // Banned peers reached by address (the peer id is known only now).
+        // Peers reached by address: their id is known only now.
+        self.check_allowed(&peer)?;
         if self.store.is_banned(&peer) {
             return Err(ConnectionDenied::new(Refused::Banned));
         }

@@ -145,7 +145,7 @@ impl<P: Protocol> Node<P> {
         let streams = streams::Behaviour::new();
         let control = streams.control();
         let limits = config.limits.behaviour();
-        let gate = Gate::new(Arc::clone(&config.peer_store));
+        let gate = Gate::new(Arc::clone(&config.peer_store), config.allowed_peers.clone());
         let dht_config = config.dht.clone();
         let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
             gate,
