@@ -7,6 +7,8 @@ use p2plane_dht::DhtConfig;
 use p2plane_peers::MemoryPeerStore;
 use p2plane_transport::{Limits, TransportConfig};
 
+use crate::pubsub::PubsubConfig;
+
 /// Where a node's key comes from.
 #[derive(Debug, Clone, Default)]
 pub enum Identity {
@@ -80,6 +82,10 @@ pub struct NodeConfig {
     /// automatic mode (use [`DhtMode::Server`](p2plane_dht::DhtMode::Server) on networks
     /// without confirmed external addresses, such as loopback tests).
     pub dht: Option<DhtConfig>,
+    /// Publish/subscribe (gossipsub) settings; `None` (the default) leaves it off, and
+    /// [`Node::subscribe`](crate::Node::subscribe) answers
+    /// [`PubsubError::Disabled`](crate::PubsubError::Disabled).
+    pub pubsub: Option<PubsubConfig>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -102,6 +108,7 @@ impl fmt::Debug for NodeConfig {
             .field("redial_on_start", &self.redial_on_start)
             .field("multiplex", &self.multiplex)
             .field("dht", &self.dht)
+            .field("pubsub", &self.pubsub)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +131,7 @@ impl Default for NodeConfig {
             redial_on_start: 8,
             multiplex: true,
             dht: Some(DhtConfig::default()),
+            pubsub: None,
         }
     }
 }
@@ -206,6 +214,13 @@ impl NodeConfig {
     #[must_use]
     pub fn with_allowed_peers(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
         self.allowed_peers = Some(peers.into_iter().collect());
+        self
+    }
+
+    /// Turns publish/subscribe on with `config` (or off with `None`).
+    #[must_use]
+    pub fn with_pubsub(mut self, config: Option<PubsubConfig>) -> Self {
+        self.pubsub = config;
         self
     }
 

@@ -25,6 +25,9 @@ pub enum NodeError {
         /// The protocol.
         protocol: &'static str,
     },
+    /// The pub/sub settings were refused.
+    #[error("pub/sub configuration: {0}")]
+    Pubsub(String),
     /// The node has shut down.
     #[error("the node has shut down")]
     Shutdown,

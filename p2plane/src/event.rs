@@ -44,6 +44,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A pub/sub message failed validation: it was neither delivered nor forwarded, and
+    /// counts against the peer that sent it.
+    MessageRejected {
+        /// The topic.
+        topic: String,
+        /// The peer that forwarded it.
+        peer: PeerId,
+        /// Why the message type's validation refused it.
+        reason: String,
+    },
     /// An inbound request could not be served.
     InboundFailure {
         /// The peer that sent it.

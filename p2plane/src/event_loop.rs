@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, ping,
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, ping,
     swarm::{
         ConnectionId, DialError, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle,
         dial_opts::DialOpts,
@@ -19,6 +19,7 @@ use crate::{
     event::{Event, InboundError},
     gate::{Gate, is_private},
     peer_table::PeerTable,
+    pubsub::{PubsubCommand, PubsubState},
     streams::{self, StreamEvent},
 };
 
@@ -31,6 +32,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    pub(crate) gossipsub: Toggle<gossipsub::Behaviour>,
 }
 
 /// What handles ask of the event loop.
@@ -50,6 +52,7 @@ pub(crate) enum Command {
         until: SystemTime,
     },
     Dht(DhtCommand),
+    Pubsub(PubsubCommand),
     Shutdown,
 }
 
@@ -68,6 +71,7 @@ pub(crate) struct EventLoop {
     pub(crate) dht: DhtState,
     /// The Kademlia protocol name, when the node is in the DHT.
     pub(crate) kad_protocol: Option<StreamProtocol>,
+    pub(crate) pubsub: PubsubState,
 }
 
 impl EventLoop {
@@ -145,6 +149,10 @@ impl EventLoop {
                 Some(kad) => self.dht.on_command(kad, command),
                 None => command.refuse(),
             },
+            Command::Pubsub(command) => {
+                let gossipsub = self.swarm.behaviour_mut().gossipsub.as_mut();
+                self.pubsub.on_command(gossipsub, command);
+            }
             Command::Shutdown => {}
         }
     }
@@ -260,6 +268,13 @@ impl EventLoop {
                     peer: peer_id,
                     protocols,
                 });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
+                if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut()
+                    && let Some(event) = self.pubsub.on_event(gossipsub, event)
+                {
+                    self.emit(event);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {

@@ -51,6 +51,7 @@ pub mod layer;
 mod mux;
 mod node;
 mod peer_table;
+pub mod pubsub;
 mod server;
 mod streams;
 
@@ -69,6 +70,7 @@ pub use p2plane_core::{
 pub use p2plane_peers as peers;
 pub use p2plane_transport::{self as transport, Limits, TransportConfig};
 pub use peer_table::ConnectedPeers;
+pub use pubsub::{PubsubConfig, PubsubError, Subscription, Topic};
 pub use tower::{self, BoxError, service_fn};
 
 #[doc = include_str!("../../README.md")]

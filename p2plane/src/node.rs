@@ -147,6 +147,14 @@ impl<P: Protocol> Node<P> {
         let limits = config.limits.behaviour();
         let gate = Gate::new(Arc::clone(&config.peer_store), config.allowed_peers.clone());
         let dht_config = config.dht.clone();
+        let gossipsub = match &config.pubsub {
+            Some(pubsub) => Some(
+                pubsub
+                    .behaviour(&keypair, config.max_message_size)
+                    .map_err(NodeError::Pubsub)?,
+            ),
+            None => None,
+        };
         let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
             gate,
             limits,
@@ -161,6 +169,7 @@ impl<P: Protocol> Node<P> {
                     .as_ref()
                     .map(|dht| dht.behaviour(key.public().to_peer_id())),
             ),
+            gossipsub: Toggle::from(gossipsub),
         })?;
 
         let listen_error = |reason: String| NodeError::Listen {
@@ -246,6 +255,7 @@ impl<P: Protocol> Node<P> {
             allow_private_addrs: config.allow_private_addrs,
             dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
             kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
+            pubsub: crate::pubsub::PubsubState::new(config.max_message_size),
         };
         tokio::spawn(event_loop.run());
 
@@ -377,6 +387,57 @@ impl<P: Protocol> Node<P> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Dial { addr, reply }).await?;
         rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Subscribes to topic `T`: the node joins the topic's mesh and delivers every valid
+    /// message published on it (by others) to the subscription. Needs
+    /// [`NodeConfig::pubsub`](crate::NodeConfig::pubsub).
+    ///
+    /// ```no_run
+    /// # use p2plane::{Message, Node, NodeConfig, PubsubConfig, Topic};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, Serialize, Deserialize)]
+    /// # struct Line(String);
+    /// # impl Message for Line { const PROTOCOL: &'static str = "/chat/1"; }
+    /// # struct Room;
+    /// # impl Topic for Room { const NAME: &'static str = "room"; type Message = Line; }
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = NodeConfig::listen_on("/ip4/0.0.0.0/tcp/0".parse()?)
+    ///     .with_pubsub(Some(PubsubConfig::default()));
+    /// let node = Node::<Line>::new(config).await?;
+    /// let mut room = node.subscribe::<Room>().await?;
+    /// node.publish::<Room>(&Line("hello".into())).await?;
+    /// while let Some(received) = room.recv().await {
+    ///     println!("{:?}: {:?}", received.author, received.message);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe<T: crate::Topic>(
+        &self,
+    ) -> Result<crate::Subscription<T>, crate::PubsubError> {
+        let buffer = self
+            .shared
+            .config
+            .pubsub
+            .as_ref()
+            .map_or(1, |p| p.subscription_buffer);
+        crate::pubsub::subscribe::<T>(&self.shared.commands, self.shared.codec, buffer).await
+    }
+
+    /// Publishes `message` on topic `T`, after checking it with its own validation
+    /// ([`PubsubError::Rejected`](crate::PubsubError::Rejected) if it fails; nothing is
+    /// sent). Fails with [`PubsubError::NoPeers`](crate::PubsubError::NoPeers) while no
+    /// connected peer subscribes to the topic.
+    pub async fn publish<T: crate::Topic>(
+        &self,
+        message: &T::Message,
+    ) -> Result<(), crate::PubsubError> {
+        crate::pubsub::publish::<T>(&self.shared.commands, &self.shared.codec, message).await
+    }
+
+    /// The peers in this node's mesh for topic `T` (those it forwards messages to).
+    pub async fn topic_peers<T: crate::Topic>(&self) -> Result<Vec<PeerId>, crate::PubsubError> {
+        crate::pubsub::mesh_peers::<T>(&self.shared.commands).await
     }
 
     /// The peers with at least one open connection.
