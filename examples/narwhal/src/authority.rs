@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use libp2p_identity::Keypair;
+use p2plane::transport::libp2p::identity::Keypair;
 use p2plane::{Identity, Multiaddr, Node, NodeConfig, NodeError};
 use tokio::{
     sync::{Semaphore, mpsc},

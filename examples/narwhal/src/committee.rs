@@ -3,8 +3,8 @@
 
 use std::{path::Path, time::Duration};
 
-use libp2p_identity::{PeerId, PublicKey};
 use p2plane::Multiaddr;
+use p2plane::transport::libp2p::identity::{PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{AuthorityIndex, Round};
@@ -259,7 +259,7 @@ impl Default for Parameters {
 
 #[cfg(test)]
 mod tests {
-    use libp2p_identity::Keypair;
+    use p2plane::transport::libp2p::identity::Keypair;
 
     use super::*;
 

@@ -219,7 +219,7 @@ impl Consensus {
 mod tests {
     use std::collections::BTreeSet;
 
-    use libp2p_identity::Keypair;
+    use p2plane::transport::libp2p::identity::Keypair;
 
     use super::*;
     use crate::types::Header;

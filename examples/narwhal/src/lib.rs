@@ -45,7 +45,7 @@ mod worker;
 
 use std::{path::PathBuf, sync::Arc};
 
-use libp2p_identity::Keypair;
+use p2plane::transport::libp2p::identity::Keypair;
 use p2plane::{Multiaddr, Node};
 use tokio::sync::mpsc;
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use libp2p_identity::{Keypair, PeerId};
+use p2plane::transport::libp2p::identity::{Keypair, PeerId};
 use p2plane::{Error, Node, NodeError, Protocol, Request, service_fn};
 use rand::seq::IndexedRandom as _;
 use serde_bytes::ByteBuf;

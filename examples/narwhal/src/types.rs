@@ -7,8 +7,8 @@
 use std::{collections::BTreeSet, fmt};
 
 use base64::Engine as _;
-use libp2p_identity::Keypair;
 use p2plane::Protocol;
+use p2plane::transport::libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest as _, Sha256};

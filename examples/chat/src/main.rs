@@ -1,0 +1,119 @@
+//! A chat room on P2PLane's typed publish/subscribe (gossipsub). Run one process per
+//! participant; lines typed on standard input go to everyone in the room.
+//!
+//! ```sh
+//! cargo run -p chat -- --name alice --listen /ip4/127.0.0.1/tcp/7000
+//! cargo run -p chat -- --name bob --peer /ip4/127.0.0.1/tcp/7000
+//! ```
+
+use std::{error::Error, time::Duration};
+
+use p2plane::{Message, Multiaddr, Node, NodeConfig, PubsubConfig, PubsubError, Topic};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// One line said in the room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    from: String,
+    text: String,
+}
+
+impl Message for Line {
+    const PROTOCOL: &'static str = "/p2plane-chat/line/1";
+
+    // Every node checks every line before showing or forwarding it.
+    fn validate(&self) -> Result<(), String> {
+        if self.from.is_empty() || self.from.len() > 32 {
+            return Err("a name has 1 to 32 bytes".into());
+        }
+        if self.text.trim().is_empty() || self.text.len() > 1000 {
+            return Err("a line has 1 to 1000 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+/// The room.
+struct Room;
+impl Topic for Room {
+    const NAME: &'static str = "p2plane-chat/room/1";
+    type Message = Line;
+}
+
+struct Args {
+    name: String,
+    listen: Multiaddr,
+    peers: Vec<Multiaddr>,
+}
+
+fn args() -> Result<Args, Box<dyn Error>> {
+    let mut parsed = Args {
+        name: "anonymous".into(),
+        listen: "/ip4/127.0.0.1/tcp/0".parse()?,
+        peers: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--name" => parsed.name = value()?,
+            "--listen" => parsed.listen = value()?.parse()?,
+            "--peer" => parsed.peers.push(value()?.parse()?),
+            _ => {
+                return Err(
+                    format!("unknown argument {flag:?}; use --name, --listen, --peer").into(),
+                );
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let args = args()?;
+    let config = NodeConfig::listen_on(args.listen)
+        .with_private_addrs(true)
+        .with_dht(None)
+        .with_pubsub(Some(PubsubConfig::default()));
+    let node = Node::<Line>::new(config).await?;
+    for addr in node.listen_addrs().await? {
+        println!("listening on {addr}");
+    }
+    let mut room = node.subscribe::<Room>().await?;
+    for addr in args.peers {
+        let peer = node.dial(addr).await?;
+        println!("connected to {peer}");
+    }
+
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut in_room = 0;
+    loop {
+        tokio::select! {
+            line = input.next_line() => {
+                let Some(text) = line? else { break };
+                let line = Line { from: args.name.clone(), text };
+                match node.publish::<Room>(&line).await {
+                    Ok(()) => {}
+                    Err(PubsubError::NoPeers) => println!("(nobody else is in the room yet)"),
+                    Err(e) => println!("(not sent: {e})"),
+                }
+            }
+            received = room.recv() => {
+                let Some(received) = received else { break };
+                println!("{}: {}", received.message.from, received.message.text);
+            }
+            _ = tick.tick() => {
+                let peers = node.topic_peers::<Room>().await?.len();
+                if peers != in_room {
+                    in_room = peers;
+                    println!("peers in the room: {peers}");
+                }
+            }
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
