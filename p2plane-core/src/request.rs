@@ -18,6 +18,7 @@ pub struct Request<T> {
     protocol: &'static str,
     body: Arc<T>,
     idempotent: bool,
+    attempt: u32,
 }
 
 impl<T> Clone for Request<T> {
@@ -27,6 +28,7 @@ impl<T> Clone for Request<T> {
             protocol: self.protocol,
             body: Arc::clone(&self.body),
             idempotent: self.idempotent,
+            attempt: self.attempt,
         }
     }
 }
@@ -47,6 +49,7 @@ impl<T> Request<T> {
             protocol: P::NAME,
             body: Arc::new(body),
             idempotent: true,
+            attempt: 0,
         }
     }
 
@@ -75,6 +78,17 @@ impl<T> Request<T> {
     /// Whether the request may be repeated after the remote may have acted on it.
     pub fn is_idempotent(&self) -> bool {
         self.idempotent
+    }
+
+    /// Which attempt this is: 0 for the first, counted up by retry middleware (it shows in
+    /// the request's tracing span). It is not sent.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Counts one more attempt (for retry middleware).
+    pub fn next_attempt(&mut self) {
+        self.attempt = self.attempt.saturating_add(1);
     }
 
     /// The same request addressed to another peer (used for failover).

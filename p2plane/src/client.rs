@@ -11,6 +11,7 @@ use libp2p::{StreamProtocol, core::upgrade::NegotiationError};
 use p2plane_codec::{Envelope, FrameBuf, FrameError, read_frame};
 use p2plane_core::{Codec as _, CodecError, Error, PeerId, Protocol, Request};
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use crate::{
     mux::mux_protocol,
@@ -71,12 +72,9 @@ impl<P: Protocol> Client<P> {
     /// Sends `body` to `peer` and waits for the answer: a shortcut for calling the service
     /// with [`Request::for_protocol`].
     pub async fn request(&self, peer: PeerId, body: P::Request) -> Result<P::Response, Error> {
-        call::<P>(
-            Arc::clone(&self.shared),
-            Arc::clone(&self.protocols),
-            Request::for_protocol::<P>(peer, body),
-        )
-        .await
+        self.clone()
+            .call(Request::for_protocol::<P>(peer, body))
+            .await
     }
 }
 
@@ -93,12 +91,34 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
     }
 
     fn call(&mut self, request: Request<P::Request>) -> Self::Future {
-        Box::pin(call::<P>(
-            Arc::clone(&self.shared),
-            Arc::clone(&self.protocols),
-            request,
-        ))
+        let span = request_span("outbound", request.peer(), P::NAME, Some(request.attempt()));
+        Box::pin(
+            call::<P>(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.protocols),
+                request,
+            )
+            .instrument(span),
+        )
     }
+}
+
+/// The span of one request, on either side: `p2plane.request` with its direction, peer,
+/// protocol, attempt (outbound) and, on shared streams, its id (recorded once known).
+pub(crate) fn request_span(
+    direction: &'static str,
+    peer: PeerId,
+    protocol: &'static str,
+    attempt: Option<u32>,
+) -> tracing::Span {
+    tracing::debug_span!(
+        "p2plane.request",
+        direction,
+        %peer,
+        protocol,
+        attempt,
+        id = tracing::field::Empty,
+    )
 }
 
 async fn call<P: Protocol>(

@@ -5,6 +5,7 @@ use p2plane_core::{Multiaddr, PeerId};
 use p2plane_dht::DhtCommand;
 pub use p2plane_dht::{DhtConfig, DhtError, DhtMode, FoundPeer, Quorum};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use crate::event_loop::Command;
 
@@ -64,22 +65,36 @@ impl Dht {
         Self { commands }
     }
 
+    /// Sends one query to the event loop and waits for its outcome, in a `p2plane.dht` span
+    /// naming the query and recording its outcome.
     async fn ask<T>(
         &self,
+        query: &'static str,
         make: impl FnOnce(oneshot::Sender<Result<T, DhtError>>) -> DhtCommand,
     ) -> Result<T, DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Dht(make(tx)))
-            .await
-            .map_err(|_| DhtError::Shutdown)?;
-        rx.await.map_err(|_| DhtError::Shutdown)?
+        let span = tracing::debug_span!("p2plane.dht", query, outcome = tracing::field::Empty);
+        let record = span.clone();
+        let result = async {
+            let (tx, rx) = oneshot::channel();
+            self.commands
+                .send(Command::Dht(make(tx)))
+                .await
+                .map_err(|_| DhtError::Shutdown)?;
+            rx.await.map_err(|_| DhtError::Shutdown)?
+        }
+        .instrument(span)
+        .await;
+        match &result {
+            Ok(_) => record.record("outcome", "ok"),
+            Err(e) => record.record("outcome", tracing::field::display(e)),
+        };
+        result
     }
 
     /// Refreshes the routing table: looks up this node and random keys through the peers it
     /// knows. Fails with [`DhtError::NoKnownPeers`] before the node knows anyone.
     pub async fn bootstrap(&self) -> Result<(), DhtError> {
-        self.ask(DhtCommand::Bootstrap).await
+        self.ask("bootstrap", DhtCommand::Bootstrap).await
     }
 
     /// The peers closest to `key` (up to the replication factor), with their addresses.
@@ -88,7 +103,8 @@ impl Dht {
         key: impl Into<Vec<u8>>,
     ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, DhtError> {
         let key = key.into();
-        self.ask(|r| DhtCommand::ClosestPeers(key, r)).await
+        self.ask("closest_peers", |r| DhtCommand::ClosestPeers(key, r))
+            .await
     }
 
     /// Finds `peer`'s addresses through the DHT.
@@ -98,7 +114,8 @@ impl Dht {
 
     /// Finds `peer` through the DHT, reporting how many requests the lookup sent.
     pub async fn lookup_peer(&self, peer: PeerId) -> Result<FoundPeer, DhtError> {
-        self.ask(|r| DhtCommand::FindPeer(peer, r)).await
+        self.ask("find_peer", |r| DhtCommand::FindPeer(peer, r))
+            .await
     }
 
     /// Stores `value` under `key` on the nodes closest to the key; succeeds once `quorum` of
@@ -110,26 +127,31 @@ impl Dht {
         quorum: Quorum,
     ) -> Result<(), DhtError> {
         let (key, value) = (key.into(), value.into());
-        self.ask(|r| DhtCommand::PutRecord(key, value, quorum, r))
-            .await
+        self.ask("put_record", |r| {
+            DhtCommand::PutRecord(key, value, quorum, r)
+        })
+        .await
     }
 
     /// Finds the value stored under `key`.
     pub async fn get_record(&self, key: impl Into<Vec<u8>>) -> Result<Vec<u8>, DhtError> {
         let key = key.into();
-        self.ask(|r| DhtCommand::GetRecord(key, r)).await
+        self.ask("get_record", |r| DhtCommand::GetRecord(key, r))
+            .await
     }
 
     /// Announces that this node provides `key`.
     pub async fn start_providing(&self, key: impl Into<Vec<u8>>) -> Result<(), DhtError> {
         let key = key.into();
-        self.ask(|r| DhtCommand::StartProviding(key, r)).await
+        self.ask("start_providing", |r| DhtCommand::StartProviding(key, r))
+            .await
     }
 
     /// The nodes that announced they provide `key`.
     pub async fn providers(&self, key: impl Into<Vec<u8>>) -> Result<HashSet<PeerId>, DhtError> {
         let key = key.into();
-        self.ask(|r| DhtCommand::GetProviders(key, r)).await
+        self.ask("providers", |r| DhtCommand::GetProviders(key, r))
+            .await
     }
 
     /// How many peers the routing table holds (0 without a DHT).

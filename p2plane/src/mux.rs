@@ -140,6 +140,7 @@ impl Pool {
             .await
             .map_err(|_| Error::ConnectionClosed { peer })?;
         let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::Span::current().record("id", id);
         frame.set_id(id);
         let (tx, rx) = oneshot::channel();
         lock(&channel.pending).insert(id, tx);

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tower::{BoxError, ServiceExt as _};
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use crate::event::{Event, InboundError};
 
@@ -137,11 +138,16 @@ fn encode<T: Serialize>(codec: &CborCodec, envelope: &Envelope<T>) -> FrameBuf {
 async fn answer<P: Protocol, H: Handler<P>>(
     ctx: &ServerContext,
     peer: PeerId,
+    id: Option<u64>,
     body: P::Request,
     handler: H,
 ) -> FrameBuf {
+    let span = crate::client::request_span("inbound", peer, P::NAME, None);
+    if let Some(id) = id {
+        span.record("id", id);
+    }
     let request = Request::for_protocol::<P>(peer, body);
-    let run = handler.oneshot(request);
+    let run = handler.oneshot(request).instrument(span);
     match tokio::time::timeout(ctx.timeout, run).await {
         Ok(Ok(response)) => encode(&ctx.codec, &Envelope::Ok(&response)),
         Ok(Err(error)) => encode(&ctx.codec, &handler_error(error.into())),
@@ -195,7 +201,7 @@ async fn serve<P: Protocol, H: Handler<P>>(
                 .map_err(InboundError::Decode)
         });
         let frame = match body {
-            Ok(body) => answer::<P, H>(ctx, peer, body, handler).await,
+            Ok(body) => answer::<P, H>(ctx, peer, None, body, handler).await,
             Err(error) => {
                 // Tell an honest but mistaken peer why, when the stream still works.
                 if matches!(error, InboundError::Frame(_) | InboundError::Decode(_)) {
@@ -272,7 +278,8 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
                             let (ctx, handler, answers) =
                                 (Arc::clone(&ctx), handler.clone(), answers.clone());
                             tokio::spawn(async move {
-                                let mut frame = answer::<P, H>(&ctx, peer, body, handler).await;
+                                let mut frame =
+                                    answer::<P, H>(&ctx, peer, Some(id), body, handler).await;
                                 frame.set_id(id);
                                 let _ = answers.send(frame).await;
                                 drop(permit);

@@ -178,6 +178,7 @@ impl<T, Res> tower::retry::Policy<Request<T>, Res, Error> for RetryPolicy {
         let failed_at = request.peer();
         let mut delay = self.jittered(self.retries);
         self.retries += 1;
+        request.next_attempt();
         if let Some(selector) = &self.failover {
             self.tried.push(failed_at);
             if let Some(next) = selector.select(request.protocol(), &self.tried) {
