@@ -92,12 +92,28 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
 
     fn call(&mut self, request: Request<P::Request>) -> Self::Future {
         let span = request_span("outbound", request.peer(), P::NAME, Some(request.attempt()));
+        let metrics = self.shared.metrics.clone();
+        let attempt = request.attempt();
+        let call = call::<P>(
+            Arc::clone(&self.shared),
+            Arc::clone(&self.protocols),
+            request,
+        );
         Box::pin(
-            call::<P>(
-                Arc::clone(&self.shared),
-                Arc::clone(&self.protocols),
-                request,
-            )
+            async move {
+                let Some(metrics) = metrics else {
+                    return call.await;
+                };
+                let start = std::time::Instant::now();
+                let result = call.await;
+                metrics.outbound(
+                    P::NAME,
+                    attempt,
+                    start.elapsed(),
+                    result.as_ref().map(|_| ()),
+                );
+                result
+            }
             .instrument(span),
         )
     }
@@ -205,7 +221,7 @@ async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
     {
         return;
     }
-    if let Ok(addrs) = crate::Dht::new(shared.commands.clone())
+    if let Ok(addrs) = crate::Dht::new(shared.commands.clone(), shared.metrics.clone())
         .find_peer(peer)
         .await
     {

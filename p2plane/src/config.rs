@@ -1,4 +1,4 @@
-use std::{collections::HashSet, fmt, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use libp2p::identity::Keypair;
 use p2plane_codec::DEFAULT_MAX_MESSAGE_SIZE;
@@ -86,6 +86,10 @@ pub struct NodeConfig {
     /// [`Node::subscribe`](crate::Node::subscribe) answers
     /// [`PubsubError::Disabled`](crate::PubsubError::Disabled).
     pub pubsub: Option<PubsubConfig>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, text format), such as
+    /// `127.0.0.1:9090` (port 0 picks one; [`Node::metrics_addr`](crate::Node::metrics_addr)
+    /// tells which). `None` (the default) collects nothing.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -109,6 +113,7 @@ impl fmt::Debug for NodeConfig {
             .field("multiplex", &self.multiplex)
             .field("dht", &self.dht)
             .field("pubsub", &self.pubsub)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +137,7 @@ impl Default for NodeConfig {
             multiplex: true,
             dht: Some(DhtConfig::default()),
             pubsub: None,
+            metrics_addr: None,
         }
     }
 }
@@ -214,6 +220,19 @@ impl NodeConfig {
     #[must_use]
     pub fn with_allowed_peers(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
         self.allowed_peers = Some(peers.into_iter().collect());
+        self
+    }
+
+    /// Serves Prometheus metrics on `addr` (see [`NodeConfig::metrics_addr`]).
+    ///
+    /// ```
+    /// let config = p2plane::NodeConfig::listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+    ///     .with_metrics("127.0.0.1:0".parse().unwrap());
+    /// assert!(config.metrics_addr.is_some());
+    /// ```
+    #[must_use]
+    pub fn with_metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
         self
     }
 

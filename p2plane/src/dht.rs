@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use futures::channel::oneshot;
 use p2plane_core::{Multiaddr, PeerId};
@@ -58,11 +58,15 @@ use crate::event_loop::Command;
 #[derive(Clone, Debug)]
 pub struct Dht {
     commands: mpsc::Sender<Command>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Dht {
-    pub(crate) fn new(commands: mpsc::Sender<Command>) -> Self {
-        Self { commands }
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
+        Self { commands, metrics }
     }
 
     /// Sends one query to the event loop and waits for its outcome, in a `p2plane.dht` span
@@ -88,6 +92,9 @@ impl Dht {
             Ok(_) => record.record("outcome", "ok"),
             Err(e) => record.record("outcome", tracing::field::display(e)),
         };
+        if let Some(metrics) = &self.metrics {
+            metrics.dht_query(query, result.is_ok());
+        }
         result
     }
 

@@ -25,6 +25,9 @@ pub enum NodeError {
         /// The protocol.
         protocol: &'static str,
     },
+    /// The metrics endpoint could not listen.
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
     /// The pub/sub settings were refused.
     #[error("pub/sub configuration: {0}")]
     Pubsub(String),

@@ -72,6 +72,8 @@ pub(crate) struct EventLoop {
     /// The Kademlia protocol name, when the node is in the DHT.
     pub(crate) kad_protocol: Option<StreamProtocol>,
     pub(crate) pubsub: PubsubState,
+    /// libp2p's metrics, when metrics are on.
+    pub(crate) metrics: Option<libp2p::metrics::Metrics>,
 }
 
 impl EventLoop {
@@ -163,6 +165,17 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            use libp2p::metrics::Recorder as _;
+            metrics.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");

@@ -48,6 +48,7 @@ mod event;
 mod event_loop;
 mod gate;
 pub mod layer;
+mod metrics;
 mod mux;
 mod node;
 mod peer_table;

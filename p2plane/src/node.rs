@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
     pub(crate) mux: crate::mux::Pool,
+    /// P2PLane's own metrics, when they are on.
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shared {
@@ -241,6 +244,26 @@ impl<P: Protocol> Node<P> {
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut libp2p_metrics = None;
+        let mut metrics = None;
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_addr {
+            let mut registry = prometheus_client::registry::Registry::default();
+            libp2p_metrics = Some(libp2p::metrics::Metrics::new(&mut registry));
+            let own = Arc::new(crate::metrics::Metrics::new(&mut registry));
+            let listener = crate::metrics::bind(addr)
+                .await
+                .map_err(|e| NodeError::Metrics(format!("cannot listen on {addr}: {e}")))?;
+            metrics_addr = listener.local_addr().ok();
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::new(registry),
+                Arc::clone(&own),
+                Arc::clone(&config.peer_store),
+                shutdown_rx.clone(),
+            ));
+            metrics = Some(own);
+        }
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let peers = Arc::new(PeerTable::default());
         let event_loop = EventLoop {
@@ -256,6 +279,7 @@ impl<P: Protocol> Node<P> {
             dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
             kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
             pubsub: crate::pubsub::PubsubState::new(config.max_message_size),
+            metrics: libp2p_metrics,
         };
         tokio::spawn(event_loop.run());
 
@@ -272,6 +296,8 @@ impl<P: Protocol> Node<P> {
                 config,
                 peers,
                 mux: crate::mux::Pool::default(),
+                metrics,
+                metrics_addr,
             }),
             _protocol: PhantomData,
         })
@@ -342,6 +368,7 @@ impl<P: Protocol> Node<P> {
             events: self.shared.events.clone(),
             shutdown: self.shared.shutdown.clone(),
             timeout: self.shared.config.inbound_timeout,
+            metrics: self.shared.metrics.clone(),
             workers: Arc::new(Semaphore::new(limit)),
             helpers: Arc::new(Semaphore::new(limit)),
         });
@@ -374,7 +401,7 @@ impl<P: Protocol> Node<P> {
 
     /// A handle to the node's DHT: discovery, records and providers.
     pub fn dht(&self) -> crate::Dht {
-        crate::Dht::new(self.shared.commands.clone())
+        crate::Dht::new(self.shared.commands.clone(), self.shared.metrics.clone())
     }
 
     /// Subscribes to the node's events from now on.
@@ -438,6 +465,12 @@ impl<P: Protocol> Node<P> {
     /// The peers in this node's mesh for topic `T` (those it forwards messages to).
     pub async fn topic_peers<T: crate::Topic>(&self) -> Result<Vec<PeerId>, crate::PubsubError> {
         crate::pubsub::mesh_peers::<T>(&self.shared.commands).await
+    }
+
+    /// Where the Prometheus metrics are served, when
+    /// [`NodeConfig::metrics_addr`](crate::NodeConfig::metrics_addr) is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared.metrics_addr
     }
 
     /// The peers with at least one open connection.

@@ -27,6 +27,15 @@ pub(crate) struct ServerContext {
     pub(crate) workers: Arc<Semaphore>,
     /// Small tasks that answer `Busy`, or shared streams being served.
     pub(crate) helpers: Arc<Semaphore>,
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl ServerContext {
+    fn count<P: Protocol>(&self, outcome: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.inbound(P::NAME, outcome);
+        }
+    }
 }
 
 /// What handlers must be.
@@ -81,6 +90,7 @@ pub(crate) async fn run<P: Protocol, H: Handler<P>>(
                 drop(permit);
             });
         } else if let Ok(permit) = Arc::clone(&ctx.helpers).try_acquire_owned() {
+            ctx.count::<P>("busy");
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move {
                 let mut stream = stream;
@@ -119,6 +129,12 @@ pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
 
 fn report<P: Protocol>(ctx: &ServerContext, peer: PeerId, error: InboundError) {
     tracing::debug!(%peer, protocol = P::NAME, %error, "inbound request failed");
+    ctx.count::<P>(match error {
+        InboundError::Frame(_) | InboundError::Decode(_) => "malformed",
+        InboundError::Timeout => "timeout",
+        InboundError::Overloaded => "dropped",
+        _ => "io",
+    });
     let _ = ctx.events.send(Event::InboundFailure {
         peer,
         protocol: P::NAME.to_owned(),
@@ -149,8 +165,19 @@ async fn answer<P: Protocol, H: Handler<P>>(
     let request = Request::for_protocol::<P>(peer, body);
     let run = handler.oneshot(request).instrument(span);
     match tokio::time::timeout(ctx.timeout, run).await {
-        Ok(Ok(response)) => encode(&ctx.codec, &Envelope::Ok(&response)),
-        Ok(Err(error)) => encode(&ctx.codec, &handler_error(error.into())),
+        Ok(Ok(response)) => {
+            ctx.count::<P>("ok");
+            encode(&ctx.codec, &Envelope::Ok(&response))
+        }
+        Ok(Err(error)) => {
+            let envelope = handler_error(error.into());
+            ctx.count::<P>(match envelope {
+                Envelope::Rejected(_) => "rejected",
+                Envelope::Busy => "busy",
+                _ => "failed",
+            });
+            encode(&ctx.codec, &envelope)
+        }
         Err(_) => {
             report::<P>(ctx, peer, InboundError::Timeout);
             encode(
@@ -286,7 +313,10 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
                             });
                             continue;
                         }
-                        Err(_) => encode(&ctx.codec, &Envelope::<()>::Busy),
+                        Err(_) => {
+                            ctx.count::<P>("busy");
+                            encode(&ctx.codec, &Envelope::<()>::Busy)
+                        }
                     },
                 };
                 reply.set_id(id);

@@ -1,0 +1,232 @@
+//! Prometheus metrics: libp2p's own (connections, identify, ping, Kademlia, gossipsub) and
+//! P2PLane's (requests by protocol, direction and outcome, round-trip latency, retries,
+//! inbound refusals, DHT queries, peer-store size), served in the text format on an HTTP
+//! address. Off unless [`NodeConfig::metrics_addr`](crate::NodeConfig::metrics_addr) is set.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use p2plane_core::{Error, PeerStore};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    protocol: String,
+    direction: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DhtLabels {
+    query: &'static str,
+    outcome: &'static str,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// P2PLane's own metrics; cheap to update from any task (atomics).
+pub(crate) struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ProtocolLabels, Histogram>,
+    retries: Family<ProtocolLabels, Counter>,
+    dht_queries: Family<DhtLabels, Counter>,
+    peer_store_size: Gauge,
+}
+
+/// The outcome label of a request's result.
+pub(crate) fn outcome(result: &Result<(), &Error>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(Error::Timeout { .. }) => "timeout",
+        Err(Error::Busy { .. }) => "busy",
+        Err(Error::Rejected { .. }) => "rejected",
+        Err(Error::Failed { .. }) => "failed",
+        Err(Error::UnsupportedProtocol { .. }) => "unsupported",
+        Err(Error::Dial { .. }) => "dial_failed",
+        Err(Error::ConnectionClosed { .. } | Error::Io { .. }) => "connection",
+        Err(Error::TooLarge { .. } | Error::Codec(_) | Error::Protocol { .. }) => "malformed",
+        Err(Error::Shutdown) => "shutdown",
+        Err(_) => "other",
+    }
+}
+
+impl Metrics {
+    /// Registers P2PLane's metrics (under `p2plane_`) in `registry`.
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+            retries: Family::default(),
+            dht_queries: Family::default(),
+            peer_store_size: Gauge::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("p2plane");
+        sub.register(
+            "requests",
+            "Requests by protocol, direction and outcome",
+            metrics.requests.clone(),
+        );
+        sub.register(
+            "request_duration_seconds",
+            "Outbound request round trips by protocol, including failures",
+            metrics.latency.clone(),
+        );
+        sub.register(
+            "retries",
+            "Outbound attempts after the first (made by the retry layer)",
+            metrics.retries.clone(),
+        );
+        sub.register(
+            "dht_queries",
+            "DHT queries by kind and outcome",
+            metrics.dht_queries.clone(),
+        );
+        sub.register(
+            "peer_store_peers",
+            "Peers in the peer store (at the last scrape)",
+            metrics.peer_store_size.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn outbound(
+        &self,
+        protocol: &str,
+        attempt: u32,
+        elapsed: Duration,
+        result: Result<(), &Error>,
+    ) {
+        let protocol = protocol.to_owned();
+        if attempt > 0 {
+            self.retries
+                .get_or_create(&ProtocolLabels {
+                    protocol: protocol.clone(),
+                })
+                .inc();
+        }
+        self.latency
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                protocol,
+                direction: "outbound",
+                outcome: outcome(&result),
+            })
+            .inc();
+    }
+
+    /// An inbound request's outcome: `ok`, `busy` (no permit), `rejected`, `failed`,
+    /// `timeout` or `malformed`.
+    pub(crate) fn inbound(&self, protocol: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                protocol: protocol.to_owned(),
+                direction: "inbound",
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn dht_query(&self, query: &'static str, ok: bool) {
+        self.dht_queries
+            .get_or_create(&DhtLabels {
+                query,
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+}
+
+/// The longest request head the endpoint reads.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// How long a scraper may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` until `shutdown`, one connection at a time (a
+/// scraper is one client; a slow one waits at most [`READ_TIMEOUT`]).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    own: Arc<Metrics>,
+    store: Arc<dyn PeerStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|down| *down) => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        own.peer_store_size.set(store.get_peers().len() as i64);
+        let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &registry)).await;
+    }
+}
+
+async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_REQUEST_HEAD {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (status, content_type, body) = if head.starts_with(b"GET /metrics ") {
+        let mut text = String::new();
+        match prometheus_client::encoding::text::encode(&mut text, registry) {
+            Ok(()) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(_) => (
+                "500 Internal Server Error",
+                "text/plain",
+                "encoding failed\n".to_owned(),
+            ),
+        }
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "try GET /metrics\n".to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Binds the metrics endpoint.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,104 @@
+//! The Prometheus endpoint of running nodes: scraped over HTTP, its counters move with the
+//! traffic.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{Echo, TCP, config, echo, echo_node, first_addr};
+use p2plane::{Message, Request, tower::ServiceExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample `name{labels}` in a scrape, if present.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_serves_counters_that_move() {
+    let with_metrics = || config(TCP).with_metrics("127.0.0.1:0".parse().unwrap());
+    let server = echo_node(with_metrics()).await;
+    let client = echo_node(with_metrics()).await;
+    let (server_metrics, client_metrics) = (
+        server.metrics_addr().expect("metrics on"),
+        client.metrics_addr().expect("metrics on"),
+    );
+    assert_ne!(server_metrics.port(), 0);
+
+    let (status, before) = get(client_metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let outbound_ok = format!(
+        "p2plane_requests_total{{protocol=\"{}\",direction=\"outbound\",outcome=\"ok\"}}",
+        Echo::PROTOCOL
+    );
+    assert_eq!(sample(&before, &outbound_ok), None);
+
+    let peer = client.dial(first_addr(&server).await).await.unwrap();
+    for i in 0..5 {
+        client
+            .client()
+            .oneshot(Request::new(peer, echo(i)))
+            .await
+            .unwrap();
+    }
+    let _ = client.dht().bootstrap().await;
+
+    let (_, after) = get(client_metrics, "/metrics").await;
+    assert_eq!(sample(&after, &outbound_ok), Some(5.0), "{after}");
+    let latency = format!(
+        "p2plane_request_duration_seconds_count{{protocol=\"{}\"}}",
+        Echo::PROTOCOL
+    );
+    assert_eq!(sample(&after, &latency), Some(5.0));
+    assert!(
+        sample(
+            &after,
+            "p2plane_dht_queries_total{query=\"bootstrap\",outcome=\"error\"}"
+        )
+        .is_some(),
+        "{after}"
+    );
+    assert!(sample(&after, "p2plane_peer_store_peers").is_some());
+    // libp2p's own metrics are there too.
+    assert!(
+        after.contains("libp2p_swarm_connections_established"),
+        "{after}"
+    );
+
+    let (_, served) = get(server_metrics, "/metrics").await;
+    let inbound_ok = format!(
+        "p2plane_requests_total{{protocol=\"{}\",direction=\"inbound\",outcome=\"ok\"}}",
+        Echo::PROTOCOL
+    );
+    assert_eq!(sample(&served, &inbound_ok), Some(5.0), "{served}");
+
+    let (status, _) = get(client_metrics, "/other").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[tokio::test]
+async fn without_the_setting_nothing_is_served() {
+    let node = echo_node(config(TCP)).await;
+    assert_eq!(node.metrics_addr(), None);
+}
