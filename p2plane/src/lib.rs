@@ -36,9 +36,21 @@
 //! # }
 //! ```
 //!
+//! | capability | where | on by default |
+//! |---|---|---|
+//! | typed requests over TCP, QUIC, memory | [`Node::client`], [`Node::serve`] | yes |
+//! | retry, timeout, validation, per-peer limits | [`layer`] | composed by you |
+//! | peer store: memory or persistent (redb) | [`NodeConfig::peer_store`], [`peers`] | memory |
+//! | Kademlia discovery, records, providers | [`Node::dht`], [`DhtConfig`] | yes |
+//! | publish/subscribe (gossipsub) | [`Node::subscribe`], [`pubsub`] | no: [`NodeConfig::pubsub`] |
+//! | Prometheus metrics | [`NodeConfig::metrics_addr`] | no |
+//! | closed groups (allow-list) | [`NodeConfig::allowed_peers`] | no |
+//! | tracing spans per request and DHT query | `p2plane.request`, `p2plane.dht` | with any subscriber |
+//!
 //! Crates: [`p2plane_core`] (vocabulary), [`p2plane_codec`] (wire format),
-//! [`p2plane_transport`] (keys and transports), [`p2plane_peers`] (peer stores); this
-//! crate re-exports what an application needs.
+//! [`p2plane_transport`] (keys and transports), [`p2plane_peers`] (peer stores),
+//! [`p2plane_dht`] (Kademlia configuration); this crate re-exports what an application
+//! needs.
 
 mod client;
 mod config;
