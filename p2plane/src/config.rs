@@ -90,6 +90,9 @@ pub struct NodeConfig {
     /// `127.0.0.1:9090` (port 0 picks one; [`Node::metrics_addr`](crate::Node::metrics_addr)
     /// tells which). `None` (the default) collects nothing.
     pub metrics_addr: Option<SocketAddr>,
+    /// Finds peers on the local network by mDNS (multicast DNS), and connects to them. Their
+    /// addresses are kept even when private. Default `false`.
+    pub mdns: bool,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -114,6 +117,7 @@ impl fmt::Debug for NodeConfig {
             .field("dht", &self.dht)
             .field("pubsub", &self.pubsub)
             .field("metrics_addr", &self.metrics_addr)
+            .field("mdns", &self.mdns)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +142,7 @@ impl Default for NodeConfig {
             dht: Some(DhtConfig::default()),
             pubsub: None,
             metrics_addr: None,
+            mdns: false,
         }
     }
 }
@@ -220,6 +225,13 @@ impl NodeConfig {
     #[must_use]
     pub fn with_allowed_peers(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
         self.allowed_peers = Some(peers.into_iter().collect());
+        self
+    }
+
+    /// Turns local discovery by mDNS on or off (see [`NodeConfig::mdns`]).
+    #[must_use]
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
         self
     }
 

@@ -25,6 +25,9 @@ pub enum NodeError {
         /// The protocol.
         protocol: &'static str,
     },
+    /// mDNS could not start (no usable network interface, or its socket failed).
+    #[error("mDNS: {0}")]
+    Mdns(String),
     /// The metrics endpoint could not listen.
     #[error("metrics endpoint: {0}")]
     Metrics(String),

@@ -44,6 +44,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// mDNS found a peer on the local network (the node connects to it).
+    PeerDiscovered {
+        /// The peer.
+        peer: PeerId,
+        /// Where it listens.
+        addr: Multiaddr,
+    },
     /// A pub/sub message failed validation: it was neither delivered nor forwarded, and
     /// counts against the peer that sent it.
     MessageRejected {

@@ -33,6 +33,7 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) gossipsub: Toggle<gossipsub::Behaviour>,
+    pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
 }
 
 /// What handles ask of the event loop.
@@ -281,6 +282,27 @@ impl EventLoop {
                     peer: peer_id,
                     protocols,
                 });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    // mDNS is for the local network: its addresses are private by nature.
+                    self.store.add_peer_with_addr(peer, addr.clone());
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        kad.add_address(&peer, addr.clone());
+                    }
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr.clone()])
+                            .condition(
+                                libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing,
+                            )
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%peer, error = %error_chain(&e), "dial of an mDNS peer failed");
+                        }
+                    }
+                    self.emit(Event::PeerDiscovered { peer, addr });
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
                 if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut()

@@ -150,6 +150,17 @@ impl<P: Protocol> Node<P> {
         let limits = config.limits.behaviour();
         let gate = Gate::new(Arc::clone(&config.peer_store), config.allowed_peers.clone());
         let dht_config = config.dht.clone();
+        let mdns = if config.mdns {
+            Some(
+                libp2p::mdns::tokio::Behaviour::new(
+                    libp2p::mdns::Config::default(),
+                    keypair.public().to_peer_id(),
+                )
+                .map_err(|e| NodeError::Mdns(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let gossipsub = match &config.pubsub {
             Some(pubsub) => Some(
                 pubsub
@@ -173,6 +184,7 @@ impl<P: Protocol> Node<P> {
                     .map(|dht| dht.behaviour(key.public().to_peer_id())),
             ),
             gossipsub: Toggle::from(gossipsub),
+            mdns: Toggle::from(mdns),
         })?;
 
         let listen_error = |reason: String| NodeError::Listen {
