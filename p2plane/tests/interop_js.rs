@@ -1,0 +1,183 @@
+//! Interoperability with js-libp2p (`interop/js`, from the npm registry), both ways:
+//! identify, ping, a Kademlia query on P2PLane's DHT protocol name, and a request on a
+//! P2PLane protocol in the framing of `docs/wire.md`. Skipped, with a message, where
+//! Node.js or the npm packages are not available.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use common::{TCP, first_addr, wait_event, within};
+use p2plane::{DhtConfig, DhtMode, Event, Message, Node, NodeConfig, Request, service_fn};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Shout {
+    text: String,
+}
+
+impl Message for Shout {
+    const PROTOCOL: &'static str = "/p2plane-interop/echo/1.0.0";
+}
+
+const JS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The js directory with its packages installed, or `None` (and why) when that cannot be.
+fn js_dir() -> Option<&'static Path> {
+    static READY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/js");
+            let node = std::process::Command::new("node").arg("--version").output();
+            if !matches!(node, Ok(o) if o.status.success()) {
+                eprintln!("skipped: Node.js (`node`) is not installed");
+                return None;
+            }
+            if !dir.join("node_modules").exists() {
+                let install = std::process::Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&dir)
+                    .status();
+                if !matches!(install, Ok(s) if s.success()) {
+                    eprintln!("skipped: `npm install` in interop/js failed (no registry?)");
+                    return None;
+                }
+            }
+            Some(dir)
+        })
+        .as_deref()
+}
+
+fn config() -> NodeConfig {
+    NodeConfig::listen_on(TCP.parse().unwrap())
+        .with_private_addrs(true)
+        .with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_libp2p_dials_p2plane() {
+    let Some(dir) = js_dir() else { return };
+    let node = Node::<Shout>::new(config()).await.unwrap();
+    node.serve(service_fn(|req: Request<Shout>| async move {
+        Ok::<_, Infallible>(Shout {
+            text: format!("p2plane heard {}", req.body().text),
+        })
+    }))
+    .unwrap();
+    let addr = first_addr(&node).await;
+
+    let output = tokio::time::timeout(
+        JS_TIMEOUT,
+        Command::new("node")
+            .arg(dir.join("peer.mjs"))
+            .args(["dial", &addr.to_string(), &node.local_peer_id().to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the js peer finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "js peer failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "identify ok agent=p2plane/0.1.0 echo=true kad=true",
+            "ping ok",
+            "kad ok",
+            r#"echo ok {"Ok":{"text":"p2plane heard hello from js"}}"#,
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2plane_dials_js_libp2p() {
+    let Some(dir) = js_dir() else { return };
+    let mut js = Command::new("node")
+        .arg(dir.join("peer.mjs"))
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(js.stdout.take().unwrap()).lines();
+    let (mut addr, mut peer) = (None, None);
+    tokio::time::timeout(JS_TIMEOUT, async {
+        while addr.is_none() || peer.is_none() {
+            let line = lines.next_line().await.unwrap().expect("the js peer runs");
+            if let Some(a) = line.strip_prefix("listening ") {
+                addr = Some(a.parse::<p2plane::Multiaddr>().unwrap());
+            } else if let Some(p) = line.strip_prefix("peer ") {
+                peer = Some(p.parse::<p2plane::PeerId>().unwrap());
+            }
+        }
+    })
+    .await
+    .expect("the js peer starts");
+    let (addr, js_peer) = (addr.unwrap(), peer.unwrap());
+
+    let node = Node::<Shout>::new(config()).await.unwrap();
+    let mut events = node.events();
+    assert_eq!(node.dial(addr).await.unwrap(), js_peer);
+    // identify: js-libp2p tells us what it serves.
+    let protocols = wait_event(&mut events, "the js peer's identify", |e| match e {
+        Event::PeerIdentified { peer, protocols } if *peer == js_peer => Some(protocols.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        protocols.iter().any(|p| p == Shout::PROTOCOL),
+        "{protocols:?}"
+    );
+    assert!(
+        protocols.iter().any(|p| p == "/ipfs/ping/1.0.0"),
+        "{protocols:?}"
+    );
+    assert!(
+        protocols.iter().any(|p| p == "/p2plane/kad/1.0.0"),
+        "{protocols:?}"
+    );
+
+    // Kademlia: the js peer answers a lookup on P2PLane's DHT protocol.
+    let closest = within(
+        "a DHT lookup",
+        node.dht().closest_peers(b"interop".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(closest.iter().any(|(p, _)| *p == js_peer), "{closest:?}");
+
+    // A request on a P2PLane protocol (js-libp2p has no shared streams, so P2PLane falls
+    // back to a stream per request).
+    let reply = within(
+        "the js answer",
+        node.client().request(
+            js_peer,
+            Shout {
+                text: "hello from p2plane".into(),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.text, "js heard hello from p2plane");
+
+    drop(js.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), js.wait()).await;
+}
