@@ -1,8 +1,13 @@
-use std::{fmt, num::NonZeroUsize, sync::Arc, time::Duration};
+use std::{fmt, num::NonZeroUsize, path::PathBuf, sync::Arc, time::Duration};
 
 use libp2p::{
     PeerId, StreamProtocol,
     kad::{self, store::MemoryStoreConfig},
+};
+
+use crate::{
+    state::DhtError,
+    store::{DhtStore, PublisherQuota},
 };
 
 /// Decides whether a record may be stored or returned: `Ok`, or the reason it may not.
@@ -45,6 +50,13 @@ pub struct DhtConfig {
     /// Largest record value, in bytes. Default 16 KiB (Kademlia's packet limit is raised to
     /// fit it).
     pub max_value_bytes: usize,
+    /// Records one publishing peer may have this node store. Default 128.
+    pub max_records_per_publisher: usize,
+    /// Bytes of record values one publishing peer may have this node store. Default 1 MiB.
+    pub max_bytes_per_publisher: usize,
+    /// A redb file that mirrors the record store, so a restarted node still holds the
+    /// records and provider records it stored. Default `None` (memory only).
+    pub record_store: Option<PathBuf>,
     /// Runs before a record is stored (local or from the network) or returned by a get.
     pub validator: Option<RecordValidator>,
 }
@@ -59,6 +71,9 @@ impl fmt::Debug for DhtConfig {
             .field("query_timeout", &self.query_timeout)
             .field("max_records", &self.max_records)
             .field("max_value_bytes", &self.max_value_bytes)
+            .field("max_records_per_publisher", &self.max_records_per_publisher)
+            .field("max_bytes_per_publisher", &self.max_bytes_per_publisher)
+            .field("record_store", &self.record_store)
             .field("validator", &self.validator.is_some())
             .finish_non_exhaustive()
     }
@@ -77,6 +92,9 @@ impl Default for DhtConfig {
             bootstrap_interval: Some(Duration::from_secs(300)),
             max_records: 1024,
             max_value_bytes: 16 * 1024,
+            max_records_per_publisher: 128,
+            max_bytes_per_publisher: 1 << 20,
+            record_store: None,
             validator: None,
         }
     }
@@ -111,6 +129,22 @@ impl DhtConfig {
         self
     }
 
+    /// Keeps the record store in the redb file at `path` as well as in memory.
+    #[must_use]
+    pub fn with_record_store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.record_store = Some(path.into());
+        self
+    }
+
+    /// Sets how many records, and bytes of values, one publishing peer may have this node
+    /// store.
+    #[must_use]
+    pub fn with_publisher_quota(mut self, records: usize, bytes: usize) -> Self {
+        self.max_records_per_publisher = records;
+        self.max_bytes_per_publisher = bytes;
+        self
+    }
+
     /// Sets the record validator.
     #[must_use]
     pub fn with_validator(
@@ -127,8 +161,42 @@ impl DhtConfig {
             .unwrap_or_else(|_| StreamProtocol::new("/p2plane/kad/1.0.0"))
     }
 
-    /// The Kademlia behaviour for node `peer`, configured from this.
-    pub fn behaviour(&self, peer: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    fn memory_config(&self) -> MemoryStoreConfig {
+        MemoryStoreConfig {
+            max_records: self.max_records,
+            max_value_bytes: self.max_value_bytes,
+            ..Default::default()
+        }
+    }
+
+    fn quota(&self) -> PublisherQuota {
+        PublisherQuota {
+            records: self.max_records_per_publisher,
+            bytes: self.max_bytes_per_publisher,
+        }
+    }
+
+    /// The record store for node `peer`: in memory, or mirrored to
+    /// [`record_store`](Self::record_store) (opened, and loaded, here).
+    pub fn open_store(&self, peer: PeerId) -> Result<DhtStore, DhtError> {
+        match &self.record_store {
+            Some(path) => DhtStore::open(path, peer, self.memory_config(), self.quota()),
+            None => Ok(DhtStore::in_memory(
+                peer,
+                self.memory_config(),
+                self.quota(),
+            )),
+        }
+    }
+
+    /// The Kademlia behaviour for node `peer`, with an in-memory store.
+    pub fn behaviour(&self, peer: PeerId) -> kad::Behaviour<DhtStore> {
+        let store = DhtStore::in_memory(peer, self.memory_config(), self.quota());
+        self.behaviour_with_store(peer, store)
+    }
+
+    /// The Kademlia behaviour for node `peer` with `store` (from [`Self::open_store`]).
+    pub fn behaviour_with_store(&self, peer: PeerId, store: DhtStore) -> kad::Behaviour<DhtStore> {
         let mut config = kad::Config::new(self.stream_protocol());
         config
             .set_replication_factor(self.replication)
@@ -140,14 +208,6 @@ impl DhtConfig {
             .set_max_packet_size(self.max_value_bytes + 4096)
             // Inbound records go through the validator before they are stored.
             .set_record_filtering(kad::StoreInserts::FilterBoth);
-        let store = kad::store::MemoryStore::with_config(
-            peer,
-            MemoryStoreConfig {
-                max_records: self.max_records,
-                max_value_bytes: self.max_value_bytes,
-                ..Default::default()
-            },
-        );
         let mut behaviour = kad::Behaviour::with_config(peer, store, config);
         match self.mode {
             DhtMode::Server => behaviour.set_mode(Some(kad::Mode::Server)),

@@ -28,6 +28,8 @@
 
 mod config;
 mod state;
+pub mod store;
 
 pub use config::{DhtConfig, DhtMode, RecordValidator};
 pub use state::{DhtCommand, DhtError, DhtState, FoundPeer, Quorum};
+pub use store::{DhtStore, PublisherQuota};

@@ -159,7 +159,7 @@ impl std::fmt::Debug for DhtState {
     }
 }
 
-type Kad = kad::Behaviour<kad::store::MemoryStore>;
+type Kad = kad::Behaviour<crate::store::DhtStore>;
 
 impl DhtState {
     /// A state machine that checks records with `validator`.
@@ -244,12 +244,14 @@ impl DhtState {
             kad::Event::InboundRequest {
                 request:
                     InboundRequest::PutRecord {
-                        record: Some(record),
+                        record: Some(mut record),
                         source,
                         ..
                     },
             } => match self.check(record.key.as_ref(), &record.value) {
                 Ok(()) => {
+                    // Quotas are per publisher; a record naming none counts against its sender.
+                    record.publisher.get_or_insert(source);
                     if let Err(e) = kad.store_mut().put(record) {
                         tracing::debug!(%source, error = %e, "inbound record not stored");
                     }

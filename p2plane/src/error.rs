@@ -28,6 +28,9 @@ pub enum NodeError {
     /// mDNS could not start (no usable network interface, or its socket failed).
     #[error("mDNS: {0}")]
     Mdns(String),
+    /// The DHT's record store file could not be opened.
+    #[error(transparent)]
+    RecordStore(p2plane_dht::DhtError),
     /// The metrics endpoint could not listen.
     #[error("metrics endpoint: {0}")]
     Metrics(String),

@@ -31,7 +31,7 @@ pub(crate) struct Behaviour {
     pub(crate) streams: streams::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    pub(crate) kad: Toggle<kad::Behaviour<p2plane_dht::DhtStore>>,
     pub(crate) gossipsub: Toggle<gossipsub::Behaviour>,
     pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
 }
@@ -95,6 +95,11 @@ impl EventLoop {
         self.shutdown.send_replace(true);
         for (_, reply) in self.pending_dials.drain() {
             let _ = reply.send(Err(Error::Shutdown));
+        }
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+            && let Err(e) = kad.store_mut().flush()
+        {
+            tracing::warn!(error = %e, "record store flush at shutdown failed");
         }
         // Make what the node learned durable (the store's flush may wait on a disk).
         let store = Arc::clone(&self.store);

@@ -150,6 +150,13 @@ impl<P: Protocol> Node<P> {
         let limits = config.limits.behaviour();
         let gate = Gate::new(Arc::clone(&config.peer_store), config.allowed_peers.clone());
         let dht_config = config.dht.clone();
+        let dht_store = match &config.dht {
+            Some(dht) => Some(
+                dht.open_store(local_peer_id)
+                    .map_err(NodeError::RecordStore)?,
+            ),
+            None => None,
+        };
         let mdns = if config.mdns {
             Some(
                 libp2p::mdns::tokio::Behaviour::new(
@@ -169,23 +176,22 @@ impl<P: Protocol> Node<P> {
             ),
             None => None,
         };
-        let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
-            gate,
-            limits,
-            streams,
-            identify: identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                    .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ping: ping::Behaviour::default(),
-            kad: Toggle::from(
-                dht_config
-                    .as_ref()
-                    .map(|dht| dht.behaviour(key.public().to_peer_id())),
-            ),
-            gossipsub: Toggle::from(gossipsub),
-            mdns: Toggle::from(mdns),
-        })?;
+        let mut swarm =
+            build_swarm(keypair, &config.transport, move |key| Behaviour {
+                gate,
+                limits,
+                streams,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                        .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::default(),
+                kad: Toggle::from(dht_config.as_ref().zip(dht_store).map(|(dht, store)| {
+                    dht.behaviour_with_store(key.public().to_peer_id(), store)
+                })),
+                gossipsub: Toggle::from(gossipsub),
+                mdns: Toggle::from(mdns),
+            })?;
 
         let listen_error = |reason: String| NodeError::Listen {
             addr: config.listen_addr.clone(),

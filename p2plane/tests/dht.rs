@@ -210,3 +210,50 @@ async fn a_request_reaches_a_peer_never_met_through_the_dht() {
     let reply = within("request to C", b.client().request(c_id, echo(5))).await;
     assert_eq!(reply, Ok(answer(&echo(5), c_id)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_still_holds_the_records_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let persistent = || {
+        dht_config_with(DhtConfig::default().with_record_store(dir.path().join("records.redb")))
+            .with_key_file(dir.path().join("key"))
+    };
+    let first = echo_node(dht_config()).await;
+    let first_addr = first_addr(&first).await;
+    let keeper = join(&first_addr, persistent()).await;
+    let keeper_id = keeper.local_peer_id();
+    // `first` puts a record; the keeper, its only peer, confirms storing it.
+    within(
+        "put",
+        first
+            .dht()
+            .put_record(b"kept".to_vec(), b"across restarts".to_vec(), Quorum::One),
+    )
+    .await
+    .unwrap();
+    keeper.shutdown().await;
+    first.shutdown().await;
+
+    // Alone, with no peer to ask, the restarted keeper answers from its own store.
+    let keeper = echo_node(persistent()).await;
+    assert_eq!(keeper.local_peer_id(), keeper_id);
+    let value = within("get", keeper.dht().get_record(b"kept".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(value, b"across restarts");
+    keeper.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_damaged_record_store_file_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.redb");
+    std::fs::write(&path, b"this is not a redb file").unwrap();
+    let config = dht_config_with(DhtConfig::default().with_record_store(&path));
+    match Node::<Echo>::new(config).await {
+        Err(p2plane::NodeError::RecordStore(DhtError::Store(reason))) => {
+            assert!(reason.contains("record store file"), "{reason}");
+        }
+        other => panic!("expected a record store error, got {other:?}"),
+    }
+}

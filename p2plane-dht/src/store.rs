@@ -1,0 +1,480 @@
+//! The DHT's record store: libp2p-kad's memory store with quotas per publishing peer, and
+//! optionally mirrored to a redb file so that a restarted node still holds what it stored.
+//!
+//! Writes reach the file at once, but are made durable (fsync) only every
+//! [`DURABLE_EVERY`] writes, on [`DhtStore::flush`] and when the store is dropped: a crash
+//! loses at most the last few writes, which their publishers republish anyway; a store
+//! file is never left unreadable.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use libp2p::{
+    Multiaddr, PeerId,
+    kad::{
+        ProviderRecord, Record, RecordKey,
+        store::{self, MemoryStore, MemoryStoreConfig, RecordStore},
+    },
+};
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::state::DhtError;
+
+const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
+const PROVIDERS: TableDefinition<'_, (&[u8], &[u8]), &[u8]> = TableDefinition::new("providers");
+
+/// Writes made without fsync before one is made with it.
+pub const DURABLE_EVERY: usize = 64;
+
+/// Limits on what one publishing peer may have this node store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublisherQuota {
+    /// Records per publisher.
+    pub records: usize,
+    /// Bytes of record values per publisher.
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+struct Usage {
+    records: usize,
+    bytes: usize,
+}
+
+struct Disk {
+    db: Database,
+    unsynced: usize,
+}
+
+/// A Kademlia record store with per-publisher quotas and optional persistence.
+pub struct DhtStore {
+    local: PeerId,
+    memory: MemoryStore,
+    quota: PublisherQuota,
+    usage: HashMap<PeerId, Usage>,
+    disk: Option<Disk>,
+}
+
+impl std::fmt::Debug for DhtStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhtStore")
+            .field("quota", &self.quota)
+            .field("publishers", &self.usage.len())
+            .field("persistent", &self.disk.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage_error(e: impl std::fmt::Display) -> DhtError {
+    DhtError::Store(format!("record store file: {e}"))
+}
+
+/// A wall-clock expiry (ms since the epoch; 0 for none) from a monotonic one.
+fn to_wall(expires: Option<Instant>) -> u64 {
+    let Some(expires) = expires else { return 0 };
+    let remaining = expires.saturating_duration_since(Instant::now());
+    let at = SystemTime::now() + remaining;
+    at.duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis().max(1) as u64)
+}
+
+/// The monotonic expiry of a wall-clock one; `Err` if it has passed.
+fn from_wall(ms: u64) -> Result<Option<Instant>, ()> {
+    if ms == 0 {
+        return Ok(None);
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    match at.duration_since(SystemTime::now()) {
+        Ok(remaining) => Ok(Some(Instant::now() + remaining)),
+        Err(_) => Err(()),
+    }
+}
+
+fn encode_record(record: &Record) -> Vec<u8> {
+    let publisher = record.publisher.map(PeerId::to_bytes).unwrap_or_default();
+    let mut out = Vec::with_capacity(9 + publisher.len() + record.value.len());
+    out.extend_from_slice(&to_wall(record.expires).to_le_bytes());
+    out.push(publisher.len() as u8);
+    out.extend_from_slice(&publisher);
+    out.extend_from_slice(&record.value);
+    out
+}
+
+fn decode_record(key: &[u8], bytes: &[u8]) -> Option<Result<Record, ()>> {
+    let (expires, rest) = bytes.split_first_chunk::<8>()?;
+    let (&len, rest) = rest.split_first()?;
+    let (publisher, value) = rest.split_at_checked(len as usize)?;
+    let publisher = match publisher {
+        [] => None,
+        bytes => Some(PeerId::from_bytes(bytes).ok()?),
+    };
+    Some(
+        from_wall(u64::from_le_bytes(*expires)).map(|expires| Record {
+            key: RecordKey::new(&key),
+            value: value.to_vec(),
+            publisher,
+            expires,
+        }),
+    )
+}
+
+fn encode_provider(record: &ProviderRecord) -> Vec<u8> {
+    let mut out = to_wall(record.expires).to_le_bytes().to_vec();
+    for addr in record.addresses.iter().take(usize::from(u8::MAX)) {
+        let bytes = addr.to_vec();
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn decode_provider(
+    key: &[u8],
+    provider: &[u8],
+    bytes: &[u8],
+) -> Option<Result<ProviderRecord, ()>> {
+    let (expires, mut rest) = bytes.split_first_chunk::<8>()?;
+    let mut addresses = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<2>()?;
+        let (addr, tail) = tail.split_at_checked(u16::from_le_bytes(*len) as usize)?;
+        addresses.push(Multiaddr::try_from(addr.to_vec()).ok()?);
+        rest = tail;
+    }
+    let provider = PeerId::from_bytes(provider).ok()?;
+    Some(
+        from_wall(u64::from_le_bytes(*expires)).map(|expires| ProviderRecord {
+            key: RecordKey::new(&key),
+            provider,
+            expires,
+            addresses,
+        }),
+    )
+}
+
+impl DhtStore {
+    /// A store in memory only.
+    pub fn in_memory(local: PeerId, config: MemoryStoreConfig, quota: PublisherQuota) -> Self {
+        Self {
+            local,
+            memory: MemoryStore::with_config(local, config),
+            quota,
+            usage: HashMap::new(),
+            disk: None,
+        }
+    }
+
+    /// A store mirrored to the redb file at `path` (created if missing), loaded with the
+    /// records and provider records it holds that have not expired. A damaged file is
+    /// [`DhtError::Store`], never a panic.
+    pub fn open(
+        path: &Path,
+        local: PeerId,
+        config: MemoryStoreConfig,
+        quota: PublisherQuota,
+    ) -> Result<Self, DhtError> {
+        let db = std::panic::catch_unwind(|| Database::create(path))
+            .map_err(|_| storage_error("the storage engine failed on this file"))?
+            .map_err(storage_error)?;
+        let mut store = Self::in_memory(local, config, quota);
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load(&db)))
+            .map_err(|_| storage_error("the storage engine failed on this file"))?;
+        loaded?;
+        store.disk = Some(Disk { db, unsynced: 0 });
+        Ok(store)
+    }
+
+    fn load(&mut self, db: &Database) -> Result<(), DhtError> {
+        let txn = db.begin_read().map_err(storage_error)?;
+        match txn.open_table(RECORDS) {
+            Ok(table) => {
+                for row in table.iter().map_err(storage_error)? {
+                    let (key, value) = row.map_err(storage_error)?;
+                    let record = decode_record(key.value(), value.value())
+                        .ok_or_else(|| storage_error("a record does not decode"))?;
+                    // Expired records are skipped (and dropped at the next write).
+                    if let Ok(record) = record
+                        && self.put_in_memory(record).is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(storage_error(e)),
+        }
+        match txn.open_table(PROVIDERS) {
+            Ok(table) => {
+                for row in table.iter().map_err(storage_error)? {
+                    let (key, value) = row.map_err(storage_error)?;
+                    let (record_key, provider) = key.value();
+                    let record = decode_provider(record_key, provider, value.value())
+                        .ok_or_else(|| storage_error("a provider record does not decode"))?;
+                    if let Ok(record) = record {
+                        let _ = self.memory.add_provider(record);
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(storage_error(e)),
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&mut self) -> Result<(), DhtError> {
+        let Some(disk) = &mut self.disk else {
+            return Ok(());
+        };
+        let txn = disk.db.begin_write().map_err(storage_error)?;
+        txn.commit().map_err(storage_error)?;
+        disk.unsynced = 0;
+        Ok(())
+    }
+
+    /// Records stored for `publisher`.
+    pub fn records_by(&self, publisher: &PeerId) -> usize {
+        self.usage.get(publisher).map_or(0, |u| u.records)
+    }
+
+    fn write(&mut self, change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>) {
+        let Some(disk) = &mut self.disk else { return };
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = disk.db.begin_write()?;
+            disk.unsynced += 1;
+            if disk.unsynced < DURABLE_EVERY {
+                txn.set_durability(Durability::None)?;
+            } else {
+                disk.unsynced = 0;
+            }
+            change(&txn)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "record store write failed; the record is kept in memory");
+        }
+    }
+
+    fn put_in_memory(&mut self, record: Record) -> store::Result<()> {
+        let previous = self
+            .memory
+            .get(&record.key)
+            .map(|r| (r.publisher, r.value.len()));
+        // The node's own records are bounded by the total only.
+        if let Some(publisher) = record.publisher.filter(|p| *p != self.local) {
+            let usage = self.usage.get(&publisher);
+            let (records, bytes) = usage.map_or((0, 0), |u| (u.records, u.bytes));
+            let (replaced_records, replaced_bytes) = match previous {
+                Some((Some(p), len)) if p == publisher => (1, len),
+                _ => (0, 0),
+            };
+            if records - replaced_records >= self.quota.records
+                || bytes - replaced_bytes + record.value.len() > self.quota.bytes
+            {
+                return Err(store::Error::MaxRecords);
+            }
+        }
+        let (publisher, len) = (record.publisher, record.value.len());
+        self.memory.put(record)?;
+        if let Some((Some(old), old_len)) = previous {
+            self.release(&old, old_len);
+        }
+        if let Some(publisher) = publisher {
+            let usage = self.usage.entry(publisher).or_default();
+            usage.records += 1;
+            usage.bytes += len;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, publisher: &PeerId, len: usize) {
+        if let Some(usage) = self.usage.get_mut(publisher) {
+            usage.records = usage.records.saturating_sub(1);
+            usage.bytes = usage.bytes.saturating_sub(len);
+            if usage.records == 0 {
+                self.usage.remove(publisher);
+            }
+        }
+    }
+}
+
+impl Drop for DhtStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "record store flush failed");
+        }
+    }
+}
+
+impl RecordStore for DhtStore {
+    type RecordsIter<'a> = <MemoryStore as RecordStore>::RecordsIter<'a>;
+    type ProvidedIter<'a> = <MemoryStore as RecordStore>::ProvidedIter<'a>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.memory.get(k)
+    }
+
+    fn put(&mut self, record: Record) -> store::Result<()> {
+        let encoded = self.disk.is_some().then(|| encode_record(&record));
+        let key = record.key.to_vec();
+        self.put_in_memory(record)?;
+        if let Some(encoded) = encoded {
+            self.write(|txn| {
+                txn.open_table(RECORDS)?
+                    .insert(key.as_slice(), encoded.as_slice())?;
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, k: &RecordKey) {
+        if let Some((Some(publisher), len)) =
+            self.memory.get(k).map(|r| (r.publisher, r.value.len()))
+        {
+            self.release(&publisher, len);
+        }
+        self.memory.remove(k);
+        let key = k.to_vec();
+        self.write(|txn| {
+            txn.open_table(RECORDS)?.remove(key.as_slice())?;
+            Ok(())
+        });
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        self.memory.records()
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> store::Result<()> {
+        let encoded = self.disk.is_some().then(|| encode_provider(&record));
+        let (key, provider) = (record.key.to_vec(), record.provider.to_bytes());
+        self.memory.add_provider(record)?;
+        if let Some(encoded) = encoded {
+            self.write(|txn| {
+                txn.open_table(PROVIDERS)?
+                    .insert((key.as_slice(), provider.as_slice()), encoded.as_slice())?;
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        self.memory.providers(key)
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.memory.provided()
+    }
+
+    fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
+        self.memory.remove_provider(k, p);
+        let (key, provider) = (k.to_vec(), p.to_bytes());
+        self.write(|txn| {
+            txn.open_table(PROVIDERS)?
+                .remove((key.as_slice(), provider.as_slice()))?;
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota() -> PublisherQuota {
+        PublisherQuota {
+            records: 3,
+            bytes: 100,
+        }
+    }
+
+    fn record(key: &str, len: usize, publisher: PeerId) -> Record {
+        Record {
+            key: RecordKey::new(&key),
+            value: vec![7; len],
+            publisher: Some(publisher),
+            expires: Some(Instant::now() + Duration::from_secs(3600)),
+        }
+    }
+
+    #[test]
+    fn quotas_hold_per_publisher_and_others_are_unaffected() {
+        let local = PeerId::random();
+        let mut store = DhtStore::in_memory(local, MemoryStoreConfig::default(), quota());
+        let (greedy, modest) = (PeerId::random(), PeerId::random());
+        for i in 0..3 {
+            store.put(record(&format!("g{i}"), 10, greedy)).unwrap();
+        }
+        assert!(matches!(
+            store.put(record("g3", 10, greedy)),
+            Err(store::Error::MaxRecords)
+        ));
+        // Replacing one's own record is not a new record.
+        store.put(record("g1", 20, greedy)).unwrap();
+        // Bytes count too.
+        assert!(store.put(record("m0", 90, modest)).is_ok());
+        assert!(matches!(
+            store.put(record("m1", 20, modest)),
+            Err(store::Error::MaxRecords)
+        ));
+        assert_eq!(store.records_by(&greedy), 3);
+        store.remove(&RecordKey::new(&"g0"));
+        assert_eq!(store.records_by(&greedy), 2);
+        store.put(record("g3", 10, greedy)).unwrap();
+    }
+
+    #[test]
+    fn a_reopened_store_holds_what_was_stored() {
+        let dir = std::env::temp_dir().join(format!("p2plane-dht-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("records.redb");
+        let local = PeerId::random();
+        let publisher = PeerId::random();
+        let provider = PeerId::random();
+        {
+            let mut store =
+                DhtStore::open(&path, local, MemoryStoreConfig::default(), quota()).unwrap();
+            store.put(record("kept", 5, publisher)).unwrap();
+            store.put(record("gone", 5, publisher)).unwrap();
+            store.remove(&RecordKey::new(&"gone"));
+            let mut expired = record("old", 5, publisher);
+            expired.expires = Some(Instant::now());
+            store.put(expired).unwrap();
+            store
+                .add_provider(ProviderRecord {
+                    key: RecordKey::new(&"file"),
+                    provider,
+                    expires: Some(Instant::now() + Duration::from_secs(60)),
+                    addresses: vec!["/ip4/192.0.2.1/tcp/4001".parse().unwrap()],
+                })
+                .unwrap();
+        }
+        let store = DhtStore::open(&path, local, MemoryStoreConfig::default(), quota()).unwrap();
+        let kept = store.get(&RecordKey::new(&"kept")).expect("kept");
+        assert_eq!(kept.value, vec![7; 5]);
+        assert_eq!(kept.publisher, Some(publisher));
+        assert!(store.get(&RecordKey::new(&"gone")).is_none());
+        assert!(store.get(&RecordKey::new(&"old")).is_none(), "expired");
+        assert_eq!(store.records_by(&publisher), 1);
+        let providers = store.providers(&RecordKey::new(&"file"));
+        assert_eq!(providers.len(), 1);
+        assert_eq!(providers[0].provider, provider);
+        assert_eq!(providers[0].addresses.len(), 1);
+        drop(store);
+
+        // A damaged file is an error, not a panic.
+        std::fs::write(&path, b"not a database at all, just some bytes").unwrap();
+        assert!(matches!(
+            DhtStore::open(&path, local, MemoryStoreConfig::default(), quota()),
+            Err(DhtError::Store(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
