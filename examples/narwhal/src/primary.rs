@@ -611,12 +611,7 @@ impl Core {
             let _ = reply.send(answer);
             return None;
         }
-        let missing: Vec<Digest> = header
-            .parents
-            .iter()
-            .filter(|d| !self.certs.contains_key(d))
-            .copied()
-            .collect();
+        let missing = self.missing_parents(&header);
         if !missing.is_empty() {
             let fetch = Fetch::Certificates(missing, header.round - 1, header.author);
             self.park(header, reply);
@@ -654,6 +649,16 @@ impl Core {
             .insert(header.author, (header.id, vote.clone()));
         let _ = reply.send(Ok(vote));
         None
+    }
+
+    /// The parents of `header` not stored yet.
+    fn missing_parents(&self, header: &Header) -> Vec<Digest> {
+        header
+            .parents
+            .iter()
+            .filter(|d| !self.certs.contains_key(d))
+            .copied()
+            .collect()
     }
 
     fn park(&mut self, header: Header, reply: oneshot::Sender<Result<Vote, String>>) {
@@ -695,13 +700,7 @@ impl Core {
         {
             return;
         }
-        let missing: Vec<Digest> = certificate
-            .header
-            .parents
-            .iter()
-            .filter(|d| !self.certs.contains_key(d))
-            .copied()
-            .collect();
+        let missing = self.missing_parents(&certificate.header);
         if !missing.is_empty() {
             if self.waiting_certs.len() >= MAX_WAITING_CERTIFICATES {
                 return;
