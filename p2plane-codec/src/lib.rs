@@ -26,6 +26,7 @@
 mod cbor;
 mod envelope;
 mod frame;
+pub mod fuzz;
 
 pub use cbor::{CborCodec, DEFAULT_MAX_MESSAGE_SIZE};
 pub use envelope::Envelope;

@@ -430,6 +430,43 @@ mod tests {
         store.put(record("g3", 10, greedy)).unwrap();
     }
 
+    /// A million mutated stored records and provider records: each decodes or is refused,
+    /// never a panic.
+    #[test]
+    fn stored_entries_of_hostile_bytes_decode_or_are_refused() {
+        use p2plane_codec::fuzz::Mutator;
+        let publisher = PeerId::random();
+        let seeds = vec![
+            encode_record(&record("key", 12, publisher)),
+            encode_record(&Record {
+                publisher: None,
+                expires: None,
+                ..record("k", 0, publisher)
+            }),
+            encode_provider(&ProviderRecord {
+                key: RecordKey::new(&"file"),
+                provider: publisher,
+                expires: Some(Instant::now() + Duration::from_secs(60)),
+                addresses: vec![
+                    "/ip4/192.0.2.1/tcp/4001".parse().unwrap(),
+                    "/dns4/example.com/udp/4001/quic-v1".parse().unwrap(),
+                ],
+            }),
+        ];
+        let provider = publisher.to_bytes();
+        let mut mutator = Mutator::new(4);
+        let (mut records, mut providers) = (0, 0);
+        for _ in 0..1_000_000 {
+            let input = mutator.mutate(&seeds);
+            records += usize::from(decode_record(b"key", &input).is_some());
+            providers += usize::from(decode_provider(b"file", &provider, &input).is_some());
+        }
+        assert!(
+            records > 10_000 && providers > 10_000,
+            "{records} {providers}"
+        );
+    }
+
     #[test]
     fn a_reopened_store_holds_what_was_stored() {
         let dir = std::env::temp_dir().join(format!("p2plane-dht-store-{}", std::process::id()));

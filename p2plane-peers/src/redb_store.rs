@@ -498,3 +498,44 @@ impl PeerStore for RedbPeerStore {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use std::path::Path;
+
+    use p2plane_codec::fuzz::{Mutator, load_corpus};
+
+    use super::*;
+
+    /// A million mutated stored records (from `fuzz-corpus/records` and encoded valid ones):
+    /// each decodes or is `Corrupted`, never a panic.
+    #[test]
+    fn stored_records_of_hostile_bytes_decode_or_fail_typed() {
+        let now = SystemTime::now();
+        let full = PeerRecord {
+            addresses: vec![
+                ("/ip4/192.0.2.1/tcp/4001".parse().unwrap(), now),
+                ("/ip6/2001:db8::1/udp/4001/quic-v1".parse().unwrap(), now),
+            ],
+            protocols: vec!["/ipfs/kad/1.0.0".into(), "/my-app/1.0.0".into()],
+            last_success: Some(now),
+            failures: 3,
+            last_failure: Some(now),
+            banned_until: Some(now),
+        };
+        let generated = vec![encode(&full), encode(&PeerRecord::default())];
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/records");
+        let seeds = load_corpus(&dir, generated);
+        assert!(seeds.len() > 3, "the stored corpus is there");
+        let mut mutator = Mutator::new(3);
+        let mut decoded = 0;
+        for _ in 0..1_000_000 {
+            match decode(&mutator.mutate(&seeds)) {
+                Ok(_) => decoded += 1,
+                Err(PeerStoreError::Corrupted(_)) => {}
+                Err(e) => panic!("unexpected error kind: {e}"),
+            }
+        }
+        assert!(decoded > 10_000, "{decoded}");
+    }
+}
