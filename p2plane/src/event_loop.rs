@@ -159,7 +159,9 @@ impl EventLoop {
             },
             Command::Pubsub(command) => {
                 let gossipsub = self.swarm.behaviour_mut().gossipsub.as_mut();
-                self.pubsub.on_command(gossipsub, command);
+                if let Some(event) = self.pubsub.on_command(gossipsub, command) {
+                    self.emit(event);
+                }
             }
             Command::Shutdown => {}
         }
@@ -310,10 +312,8 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
-                if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut()
-                    && let Some(event) = self.pubsub.on_event(gossipsub, event)
-                {
-                    self.emit(event);
+                if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut() {
+                    self.pubsub.on_event(gossipsub, event);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {

@@ -296,7 +296,7 @@ impl<P: Protocol> Node<P> {
             allow_private_addrs: config.allow_private_addrs,
             dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
             kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
-            pubsub: crate::pubsub::PubsubState::new(config.max_message_size),
+            pubsub: crate::pubsub::PubsubState::new(config.max_message_size, &commands_tx),
             metrics: libp2p_metrics,
         };
         tokio::spawn(event_loop.run());

@@ -4,7 +4,9 @@
 //! their author. Each node checks every message it receives with the message type's
 //! [`Validate`] impl (the same check [`ValidateLayer`](crate::ValidateLayer) runs on
 //! requests) *before* forwarding it: a message that fails is not delivered, not forwarded,
-//! and counts against the peer that sent it (gossipsub's peer scoring).
+//! and counts against the peer that sent it (gossipsub's peer scoring). Checks run in tasks
+//! of their own, never in the event loop, at most [`MAX_VALIDATING`] at once; a message
+//! arriving beyond that is dropped unforwarded (without penalty).
 
 use std::{
     collections::HashMap,
@@ -17,12 +19,12 @@ use std::{
 };
 
 use libp2p::{
-    gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash},
+    gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash},
     identity::Keypair,
 };
 use p2plane_codec::CborCodec;
 use p2plane_core::{Codec as _, CodecError, Payload, PeerId, Validate};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{event::Event, event_loop::Command};
 
@@ -143,6 +145,9 @@ pub(crate) struct Delivery {
     data: Arc<[u8]>,
 }
 
+/// Messages being checked at once; beyond, arriving messages are ignored.
+pub const MAX_VALIDATING: usize = 256;
+
 /// Decodes and validates one message of a topic's type.
 type Check = fn(&CborCodec, &[u8]) -> Result<(), String>;
 
@@ -172,6 +177,16 @@ pub(crate) enum PubsubCommand {
         topic: &'static str,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// A received message, checked off the event loop.
+    Checked(Box<Checked>),
+}
+
+/// A received message and the verdict of its check.
+pub(crate) struct Checked {
+    message_id: MessageId,
+    topic: TopicHash,
+    delivery: Delivery,
+    verdict: Result<(), String>,
 }
 
 impl PubsubCommand {
@@ -187,7 +202,7 @@ impl PubsubCommand {
             PubsubCommand::MeshPeers { reply, .. } => {
                 let _ = reply.send(Vec::new());
             }
-            PubsubCommand::Unsubscribe { .. } => {}
+            PubsubCommand::Unsubscribe { .. } | PubsubCommand::Checked(_) => {}
         }
     }
 }
@@ -204,24 +219,32 @@ pub(crate) struct PubsubState {
     codec: CborCodec,
     topics: HashMap<TopicHash, Vec<Subscriber>>,
     next_id: u64,
+    /// Where checks report back. Weak, so that the node still stops when its last handle
+    /// is dropped.
+    commands: mpsc::WeakSender<Command>,
+    checking: Arc<Semaphore>,
 }
 
 impl PubsubState {
-    pub(crate) fn new(max_message_size: usize) -> Self {
+    pub(crate) fn new(max_message_size: usize, commands: &mpsc::Sender<Command>) -> Self {
         Self {
             codec: CborCodec::new(max_message_size),
             topics: HashMap::new(),
             next_id: 0,
+            commands: commands.downgrade(),
+            checking: Arc::new(Semaphore::new(MAX_VALIDATING)),
         }
     }
 
+    /// Handles a command; returns an event for a message that failed its check.
     pub(crate) fn on_command(
         &mut self,
         gossipsub: Option<&mut gossipsub::Behaviour>,
         command: PubsubCommand,
-    ) {
+    ) -> Option<Event> {
         let Some(gossipsub) = gossipsub else {
-            return command.refuse();
+            command.refuse();
+            return None;
         };
         match command {
             PubsubCommand::Subscribe {
@@ -234,7 +257,7 @@ impl PubsubState {
                 let topic = IdentTopic::new(topic);
                 if let Err(e) = gossipsub.subscribe(&topic) {
                     let _ = reply.send(Err(PubsubError::Failed(e.to_string())));
-                    return;
+                    return None;
                 }
                 self.next_id += 1;
                 let id = self.next_id;
@@ -273,60 +296,95 @@ impl PubsubState {
                 let hash = IdentTopic::new(topic).hash();
                 let _ = reply.send(gossipsub.mesh_peers(&hash).copied().collect());
             }
+            PubsubCommand::Checked(checked) => return self.on_checked(gossipsub, *checked),
         }
+        None
     }
 
-    /// Checks a received message against every local subscriber's type, tells gossipsub
-    /// whether to forward it, and delivers it. Returns an event for a rejected message.
+    /// Starts checking a received message against every local subscriber's type, in a task.
     pub(crate) fn on_event(
         &mut self,
         gossipsub: &mut gossipsub::Behaviour,
         event: gossipsub::Event,
-    ) -> Option<Event> {
+    ) {
         let gossipsub::Event::Message {
             propagation_source,
             message_id,
             message,
         } = event
         else {
-            return None;
+            return;
         };
-        let Some(subscribers) = self.topics.get(&message.topic) else {
+        let checks: Vec<Check> = self
+            .topics
+            .get(&message.topic)
+            .map(|subscribers| subscribers.iter().map(|s| s.check).collect())
+            .unwrap_or_default();
+        let permit = Arc::clone(&self.checking).try_acquire_owned();
+        let commands = self.commands.upgrade();
+        let (Ok(permit), Some(commands), false) = (permit, commands, checks.is_empty()) else {
+            // Not subscribed (any more), too many checks running, or shutting down.
             gossipsub.report_message_validation_result(
                 &message_id,
                 &propagation_source,
                 MessageAcceptance::Ignore,
             );
-            return None;
+            return;
         };
-        if let Some(reason) = subscribers
-            .iter()
-            .find_map(|s| (s.check)(&self.codec, &message.data).err())
-        {
-            gossipsub.report_message_validation_result(
-                &message_id,
-                &propagation_source,
-                MessageAcceptance::Reject,
-            );
+        let codec = self.codec;
+        let delivery = Delivery {
+            author: message.source,
+            via: propagation_source,
+            data: message.data.into(),
+        };
+        let topic = message.topic;
+        tokio::spawn(async move {
+            let verdict = checks
+                .iter()
+                .find_map(|check| check(&codec, &delivery.data).err())
+                .map_or(Ok(()), Err);
+            let checked = PubsubCommand::Checked(Box::new(Checked {
+                message_id,
+                topic,
+                delivery,
+                verdict,
+            }));
+            let _ = commands.send(Command::Pubsub(checked)).await;
+            drop(permit);
+        });
+    }
+
+    /// Tells gossipsub whether to forward a checked message, and delivers it if it passed.
+    fn on_checked(
+        &mut self,
+        gossipsub: &mut gossipsub::Behaviour,
+        checked: Checked,
+    ) -> Option<Event> {
+        let Checked {
+            message_id,
+            topic,
+            delivery,
+            verdict,
+        } = checked;
+        let acceptance = match &verdict {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(_) => MessageAcceptance::Reject,
+        };
+        gossipsub.report_message_validation_result(&message_id, &delivery.via, acceptance);
+        if let Err(reason) = verdict {
             return Some(Event::MessageRejected {
-                topic: message.topic.into_string(),
-                peer: propagation_source,
+                topic: topic.into_string(),
+                peer: delivery.via,
                 reason,
             });
         }
-        gossipsub.report_message_validation_result(
-            &message_id,
-            &propagation_source,
-            MessageAcceptance::Accept,
-        );
-        let data: Arc<[u8]> = message.data.into();
-        for subscriber in subscribers {
-            let delivery = Delivery {
-                author: message.source,
-                via: propagation_source,
-                data: Arc::clone(&data),
+        for subscriber in self.topics.get(&topic).into_iter().flatten() {
+            let copy = Delivery {
+                author: delivery.author,
+                via: delivery.via,
+                data: Arc::clone(&delivery.data),
             };
-            if subscriber.sender.try_send(delivery).is_err() {
+            if subscriber.sender.try_send(copy).is_err() {
                 subscriber.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
