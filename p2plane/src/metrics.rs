@@ -19,14 +19,14 @@ use tokio::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    protocol: String,
+    protocol: &'static str,
     direction: &'static str,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabels {
-    protocol: String,
+    protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,25 +111,22 @@ impl Metrics {
         metrics
     }
 
+    /// An outbound attempt's outcome and round trip. Labels are the protocols' static
+    /// names: nothing is allocated per request.
     pub(crate) fn outbound(
         &self,
-        protocol: &str,
+        protocol: &'static str,
         attempt: u32,
         elapsed: Duration,
         result: Result<(), &Error>,
     ) {
-        let protocol = protocol.to_owned();
         if attempt > 0 {
             self.retries
-                .get_or_create(&ProtocolLabels {
-                    protocol: protocol.clone(),
-                })
+                .get_or_create(&ProtocolLabels { protocol })
                 .inc();
         }
         self.latency
-            .get_or_create(&ProtocolLabels {
-                protocol: protocol.clone(),
-            })
+            .get_or_create(&ProtocolLabels { protocol })
             .observe(elapsed.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
@@ -142,10 +139,10 @@ impl Metrics {
 
     /// An inbound request's outcome: `ok`, `busy` (no permit), `rejected`, `failed`,
     /// `timeout` or `malformed`.
-    pub(crate) fn inbound(&self, protocol: &str, outcome: &'static str) {
+    pub(crate) fn inbound(&self, protocol: &'static str, outcome: &'static str) {
         self.requests
             .get_or_create(&RequestLabels {
-                protocol: protocol.to_owned(),
+                protocol,
                 direction: "inbound",
                 outcome,
             })
