@@ -1,10 +1,11 @@
 //! The DHT's record store: libp2p-kad's memory store with quotas per publishing peer, and
 //! optionally mirrored to a redb file so that a restarted node still holds what it stored.
 //!
-//! Writes reach the file at once, but are made durable (fsync) only every
-//! [`DURABLE_EVERY`] writes, on [`DhtStore::flush`] and when the store is dropped: a crash
-//! loses at most the last few writes, which their publishers republish anyway; a store
-//! file is never left unreadable.
+//! Writes go to a thread of the store's own through a bounded queue ([`WRITE_QUEUE`]), never
+//! touching the disk from the node's event loop; the thread commits what has queued up as one
+//! durable transaction. A crash loses only writes still queued (their publishers republish
+//! them anyway); a store file is never left unreadable. When the disk falls so far behind
+//! that the queue is full, a write is kept in memory only, and counted.
 
 use std::{
     borrow::Cow,
@@ -20,15 +21,15 @@ use libp2p::{
         store::{self, MemoryStore, MemoryStoreConfig, RecordStore},
     },
 };
-use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use crate::state::DhtError;
 
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
 const PROVIDERS: TableDefinition<'_, (&[u8], &[u8]), &[u8]> = TableDefinition::new("providers");
 
-/// Writes made without fsync before one is made with it.
-pub const DURABLE_EVERY: usize = 64;
+/// Writes queued for the store's writer thread at most.
+pub const WRITE_QUEUE: usize = 4096;
 
 /// Limits on what one publishing peer may have this node store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +46,65 @@ struct Usage {
     bytes: usize,
 }
 
+/// One change to the file.
+enum Op {
+    PutRecord(Vec<u8>, Vec<u8>),
+    RemoveRecord(Vec<u8>),
+    PutProvider(Vec<u8>, Vec<u8>, Vec<u8>),
+    RemoveProvider(Vec<u8>, Vec<u8>),
+    Flush(std::sync::mpsc::SyncSender<Result<(), String>>),
+}
+
 struct Disk {
-    db: Database,
-    unsynced: usize,
+    ops: std::sync::mpsc::SyncSender<Op>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Writes not persisted because the queue was full.
+    skipped: u64,
+}
+
+/// The writer thread: applies what has queued up in one durable transaction, then answers
+/// the flushes among it.
+fn run_writer(db: Database, ops: std::sync::mpsc::Receiver<Op>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        batch.extend(ops.try_iter().take(WRITE_QUEUE));
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut records = txn.open_table(RECORDS)?;
+                let mut providers = txn.open_table(PROVIDERS)?;
+                for op in &batch {
+                    match op {
+                        Op::PutRecord(key, value) => {
+                            records.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        Op::RemoveRecord(key) => {
+                            records.remove(key.as_slice())?;
+                        }
+                        Op::PutProvider(key, provider, value) => {
+                            providers
+                                .insert((key.as_slice(), provider.as_slice()), value.as_slice())?;
+                        }
+                        Op::RemoveProvider(key, provider) => {
+                            providers.remove((key.as_slice(), provider.as_slice()))?;
+                        }
+                        Op::Flush(_) => {}
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })()
+        .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "record store write failed; the records are kept in memory");
+        }
+        for op in batch {
+            if let Op::Flush(reply) = op {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
 }
 
 /// A Kademlia record store with per-publisher quotas and optional persistence.
@@ -184,7 +241,16 @@ impl DhtStore {
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load(&db)))
             .map_err(|_| storage_error("the storage engine failed on this file"))?;
         loaded?;
-        store.disk = Some(Disk { db, unsynced: 0 });
+        let (ops, queue) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("p2plane-dht-store".into())
+            .spawn(move || run_writer(db, queue))
+            .map_err(storage_error)?;
+        store.disk = Some(Disk {
+            ops,
+            writer: Some(writer),
+            skipped: 0,
+        });
         Ok(store)
     }
 
@@ -225,15 +291,23 @@ impl DhtStore {
         Ok(())
     }
 
-    /// Makes every write so far durable.
+    /// Waits until every write so far is durable (this blocks the caller on the disk).
     pub fn flush(&mut self) -> Result<(), DhtError> {
         let Some(disk) = &mut self.disk else {
             return Ok(());
         };
-        let txn = disk.db.begin_write().map_err(storage_error)?;
-        txn.commit().map_err(storage_error)?;
-        disk.unsynced = 0;
-        Ok(())
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        disk.ops
+            .send(Op::Flush(reply))
+            .map_err(|_| storage_error("the writer thread has stopped"))?;
+        done.recv()
+            .map_err(|_| storage_error("the writer thread has stopped"))?
+            .map_err(storage_error)
+    }
+
+    /// Writes that were kept in memory only because the disk fell behind.
+    pub fn skipped_writes(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.skipped)
     }
 
     /// Records stored for `publisher`.
@@ -241,22 +315,14 @@ impl DhtStore {
         self.usage.get(publisher).map_or(0, |u| u.records)
     }
 
-    fn write(&mut self, change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>) {
+    fn write(&mut self, op: Op) {
         let Some(disk) = &mut self.disk else { return };
-        let result = (|| -> Result<(), redb::Error> {
-            let mut txn = disk.db.begin_write()?;
-            disk.unsynced += 1;
-            if disk.unsynced < DURABLE_EVERY {
-                txn.set_durability(Durability::None)?;
-            } else {
-                disk.unsynced = 0;
-            }
-            change(&txn)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "record store write failed; the record is kept in memory");
+        if disk.ops.try_send(op).is_err() {
+            disk.skipped += 1;
+            tracing::debug!(
+                skipped = disk.skipped,
+                "record store queue full; kept in memory only"
+            );
         }
     }
 
@@ -308,6 +374,13 @@ impl Drop for DhtStore {
         if let Err(e) = self.flush() {
             tracing::warn!(error = %e, "record store flush failed");
         }
+        // Closing the queue ends the writer thread once it has written everything.
+        if let Some(Disk { ops, writer, .. }) = self.disk.take() {
+            drop(ops);
+            if let Some(writer) = writer {
+                let _ = writer.join();
+            }
+        }
     }
 }
 
@@ -324,11 +397,7 @@ impl RecordStore for DhtStore {
         let key = record.key.to_vec();
         self.put_in_memory(record)?;
         if let Some(encoded) = encoded {
-            self.write(|txn| {
-                txn.open_table(RECORDS)?
-                    .insert(key.as_slice(), encoded.as_slice())?;
-                Ok(())
-            });
+            self.write(Op::PutRecord(key, encoded));
         }
         Ok(())
     }
@@ -340,11 +409,7 @@ impl RecordStore for DhtStore {
             self.release(&publisher, len);
         }
         self.memory.remove(k);
-        let key = k.to_vec();
-        self.write(|txn| {
-            txn.open_table(RECORDS)?.remove(key.as_slice())?;
-            Ok(())
-        });
+        self.write(Op::RemoveRecord(k.to_vec()));
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
@@ -356,11 +421,7 @@ impl RecordStore for DhtStore {
         let (key, provider) = (record.key.to_vec(), record.provider.to_bytes());
         self.memory.add_provider(record)?;
         if let Some(encoded) = encoded {
-            self.write(|txn| {
-                txn.open_table(PROVIDERS)?
-                    .insert((key.as_slice(), provider.as_slice()), encoded.as_slice())?;
-                Ok(())
-            });
+            self.write(Op::PutProvider(key, provider, encoded));
         }
         Ok(())
     }
@@ -375,12 +436,7 @@ impl RecordStore for DhtStore {
 
     fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
         self.memory.remove_provider(k, p);
-        let (key, provider) = (k.to_vec(), p.to_bytes());
-        self.write(|txn| {
-            txn.open_table(PROVIDERS)?
-                .remove((key.as_slice(), provider.as_slice()))?;
-            Ok(())
-        });
+        self.write(Op::RemoveProvider(k.to_vec(), p.to_bytes()));
     }
 }
 
