@@ -116,15 +116,24 @@ pub(crate) fn start(ctx: WorkerContext) -> Result<tokio::task::JoinHandle<()>, N
             }
         }))?;
 
-    // Other workers' batches: stored, then acknowledged.
+    // Other workers' batches: stored, then acknowledged. Only committee members may fill
+    // the store.
     let store = Arc::clone(&ctx.store);
     let round = ctx.round.clone();
+    let committee = Arc::clone(&ctx.committee);
     ctx.node.serve_protocol::<BatchProtocol, _>(service_fn(
         move |req: Request<Transactions>| {
             let store = Arc::clone(&store);
             let round = *round.borrow();
+            let member = committee.index_of(&req.peer()).is_some();
             async move {
                 let peer = req.peer();
+                if !member {
+                    return Err(Error::Rejected {
+                        peer: None,
+                        reason: format!("{peer} is not in the committee"),
+                    });
+                }
                 let batch = req.into_body();
                 let digest = batch.digest();
                 if BatchStore::lock(&store).insert(digest, batch, round) {

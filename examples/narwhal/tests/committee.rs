@@ -11,7 +11,7 @@ use narwhal::{
     Authority, Certificate, Committed, Digest, Header, LocalCommittee, Parameters, Round, Vote,
     client::{self, ClientConfig},
     log::Logger,
-    types::{CertificateProtocol, HeaderProtocol},
+    types::{BatchProtocol, CertificateProtocol, HeaderProtocol},
 };
 use p2plane::{Error, Node, NodeConfig, Request, tower::ServiceExt};
 use tokio::task::JoinHandle;
@@ -298,5 +298,18 @@ async fn two_headers_for_one_round_are_never_both_certified() {
     assert_eq!((votes_a, votes_b), (3, 2));
     assert!(!(votes_a >= quorum && votes_b >= quorum));
     byzantine.shutdown().await;
+
+    // A peer outside the committee cannot fill a worker's batch store.
+    let stranger = Node::<HeaderProtocol>::new(client_config()).await.unwrap();
+    stranger
+        .dial(local.committee().authorities()[0].address.clone())
+        .await
+        .unwrap();
+    let batch = Request::for_protocol::<BatchProtocol>(peers[0], Default::default());
+    match stranger.client_for::<BatchProtocol>().oneshot(batch).await {
+        Err(Error::Rejected { reason, .. }) => assert!(reason.contains("committee"), "{reason}"),
+        other => panic!("a stranger's batch was answered with {other:?}"),
+    }
+    stranger.shutdown().await;
     stop(Vec::new(), running).await;
 }
