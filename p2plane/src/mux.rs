@@ -36,8 +36,21 @@ pub(crate) const SUFFIX: &str = "/p2plane-mux/1";
 pub(crate) const MAX_MUX_FRAME: usize = 64 * 1024;
 /// Requests in flight on one shared stream; more wait for a slot.
 const MAX_IN_FLIGHT: usize = 1024;
-/// Bytes gathered into one write.
-const BATCH: usize = 64 * 1024;
+/// Bytes gathered into one write on a shared stream.
+pub(crate) const BATCH: usize = 64 * 1024;
+
+/// Puts `first` and whatever else is already queued (up to [`BATCH`] bytes) into `batch`,
+/// so that one write carries them all. Both ends of a shared stream write this way.
+pub(crate) fn gather(batch: &mut Vec<u8>, first: &FrameBuf, queue: &mut mpsc::Receiver<FrameBuf>) {
+    batch.clear();
+    batch.extend_from_slice(first.as_bytes());
+    while batch.len() < BATCH {
+        match queue.try_recv() {
+            Ok(frame) => batch.extend_from_slice(frame.as_bytes()),
+            Err(_) => break,
+        }
+    }
+}
 /// The most (peer, protocol) pairs remembered as not speaking the multiplexed form.
 const MAX_NO_MUX: usize = 10_000;
 
@@ -238,14 +251,7 @@ async fn drive(
                     writer.flush().await.map_err(stream_error)?;
                     continue;
                 }
-                batch.clear();
-                batch.extend_from_slice(first.as_bytes());
-                while batch.len() < BATCH {
-                    match frames.try_recv() {
-                        Ok(frame) => batch.extend_from_slice(frame.as_bytes()),
-                        Err(_) => break,
-                    }
-                }
+                gather(&mut batch, &first, &mut frames);
                 writer.write_all(&batch).await.map_err(stream_error)?;
                 writer.flush().await.map_err(stream_error)?;
             }

@@ -253,9 +253,6 @@ async fn serve<P: Protocol, H: Handler<P>>(
     }
 }
 
-/// Bytes gathered into one write on a shared stream.
-const BATCH: usize = 64 * 1024;
-
 async fn serve_shared<P: Protocol, H: Handler<P>>(
     ctx: Arc<ServerContext>,
     peer: PeerId,
@@ -327,16 +324,9 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
         }
     };
     let write = async move {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(crate::mux::BATCH);
         while let Some(first) = outgoing.recv().await {
-            batch.clear();
-            batch.extend_from_slice(first.as_bytes());
-            while batch.len() < BATCH {
-                match outgoing.try_recv() {
-                    Ok(frame) => batch.extend_from_slice(frame.as_bytes()),
-                    Err(_) => break,
-                }
-            }
+            crate::mux::gather(&mut batch, &first, &mut outgoing);
             if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
