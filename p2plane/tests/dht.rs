@@ -220,8 +220,14 @@ async fn a_restarted_node_still_holds_the_records_it_stored() {
     };
     let first = echo_node(dht_config()).await;
     let first_addr = first_addr(&first).await;
+    let mut first_events = first.events();
     let keeper = join(&first_addr, persistent()).await;
     let keeper_id = keeper.local_peer_id();
+    // Once `first` has identified the keeper, the keeper is in its routing table.
+    wait_event(&mut first_events, "identify from the keeper", |e| {
+        matches!(e, Event::PeerIdentified { peer, .. } if *peer == keeper_id).then_some(())
+    })
+    .await;
     // `first` puts a record; the keeper, its only peer, confirms storing it.
     within(
         "put",
