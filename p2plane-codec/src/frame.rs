@@ -109,14 +109,32 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
     limit: usize,
 ) -> Result<Vec<u8>, FrameError> {
+    let len = read_frame_len(io, limit).await?;
+    read_frame_body(io, len).await
+}
+
+/// Reads a frame's length prefix and checks it against `limit`: the first half of
+/// [`read_frame`], for a reader that must reserve memory (a byte budget, say) before the body.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    io: &mut R,
+    limit: usize,
+) -> Result<u64, FrameError> {
     let len = read_varint(io).await?;
     if len > limit as u64 {
         return Err(CodecError::TooLarge { limit, len }.into());
     }
+    Ok(len)
+}
+
+/// Reads the `len` bytes of a frame's payload, after [`read_frame_len`].
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    io: &mut R,
+    len: u64,
+) -> Result<Vec<u8>, FrameError> {
     // Memory follows what arrives, not what is announced: the first 64 KiB first; once they
     // are in, the peer is really sending, and the rest is reserved in one piece.
     const FIRST_CHUNK: usize = 64 * 1024;
-    let first = (len as usize).min(FIRST_CHUNK);
+    let first = usize::try_from(len).unwrap_or(usize::MAX).min(FIRST_CHUNK);
     let mut payload = Vec::with_capacity(first);
     let mut limited = io.take(len);
     (&mut limited)
@@ -157,6 +175,51 @@ pub enum SharedFrame {
     },
 }
 
+/// The head of a shared-stream frame: its id and how long its value is. Read by
+/// [`read_shared_head`]; the value is then read with [`SharedHead::read_body`] or dropped
+/// with [`SharedHead::skip_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedHead {
+    /// The request id.
+    pub id: u64,
+    /// The frame's whole announced length (id included).
+    pub len: u64,
+    /// The length of the value after the id.
+    pub body_len: u64,
+}
+
+impl SharedHead {
+    /// Reads the value that follows this head.
+    pub async fn read_body<R: AsyncRead + Unpin>(&self, io: &mut R) -> Result<Vec<u8>, FrameError> {
+        let rest = self.body_len;
+        let mut body = Vec::with_capacity(usize::try_from(rest).unwrap_or(0).min(16 * 1024));
+        io.take(rest).read_to_end(&mut body).await?;
+        if (body.len() as u64) < rest {
+            return Err(CodecError::Truncated {
+                expected: self.len,
+                got: self.len - rest + body.len() as u64,
+            }
+            .into());
+        }
+        Ok(body)
+    }
+
+    /// Reads the value that follows this head into a small scratch buffer and drops it, so
+    /// the stream stays usable without the value ever being held.
+    pub async fn skip_body<R: AsyncRead + Unpin>(&self, io: &mut R) -> Result<(), FrameError> {
+        let rest = self.body_len;
+        let skipped = futures::io::copy(&mut io.take(rest), &mut futures::io::sink()).await?;
+        if skipped < rest {
+            return Err(CodecError::Truncated {
+                expected: self.len,
+                got: self.len - rest + skipped,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
 /// Reads one frame of a shared stream: a length prefix, then a request id, then the value.
 ///
 /// A frame whose value exceeds `limit` is skipped (read into a small scratch buffer and
@@ -167,6 +230,23 @@ pub async fn read_shared_frame<R: AsyncRead + Unpin>(
     io: &mut R,
     limit: usize,
 ) -> Result<SharedFrame, FrameError> {
+    let head = read_shared_head(io).await?;
+    if head.body_len > limit as u64 {
+        head.skip_body(io).await?;
+        return Ok(SharedFrame::TooLarge {
+            id: head.id,
+            len: head.len,
+        });
+    }
+    let body = head.read_body(io).await?;
+    Ok(SharedFrame::Frame { id: head.id, body })
+}
+
+/// Reads the length prefix and id of a shared-stream frame: the first half of
+/// [`read_shared_frame`], for a reader that checks the length (against a byte budget, say)
+/// before it decides to read or skip the value. A stream that ends before the first byte
+/// gives [`CodecError::Truncated`] with `expected: 0, got: 0`.
+pub async fn read_shared_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<SharedHead, FrameError> {
     let len = read_varint(io).await?;
     // The id lies inside the frame: never read past the frame for it.
     let max_id_len = usize::try_from(len)
@@ -180,28 +260,11 @@ pub async fn read_shared_frame<R: AsyncRead + Unpin>(
             }
             other => other,
         })?;
-    let rest = len - id_len as u64;
-    if rest > limit as u64 {
-        let skipped = futures::io::copy(&mut io.take(rest), &mut futures::io::sink()).await?;
-        if skipped < rest {
-            return Err(CodecError::Truncated {
-                expected: len,
-                got: skipped + id_len as u64,
-            }
-            .into());
-        }
-        return Ok(SharedFrame::TooLarge { id, len });
-    }
-    let mut body = Vec::with_capacity((rest as usize).min(16 * 1024));
-    io.take(rest).read_to_end(&mut body).await?;
-    if (body.len() as u64) < rest {
-        return Err(CodecError::Truncated {
-            expected: len,
-            got: body.len() as u64 + id_len as u64,
-        }
-        .into());
-    }
-    Ok(SharedFrame::Frame { id, body })
+    Ok(SharedHead {
+        id,
+        len,
+        body_len: len - id_len as u64,
+    })
 }
 
 /// Reads an unsigned varint of at most `max_len` bytes, returning it and its length.

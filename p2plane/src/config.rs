@@ -55,6 +55,22 @@ pub struct NodeConfig {
     pub inbound_timeout: Duration,
     /// Inbound requests handled at once per protocol; more are answered `Busy`. Default 256.
     pub max_concurrent_inbound: usize,
+    /// Bytes of inbound requests the node holds at once, for all peers together: a request
+    /// is charged its announced length before its body is read, and the charge lasts until
+    /// its answer is written (an answer larger than its request waits, up to
+    /// `write_timeout`, for room). A request that does not fit is answered `Busy` without
+    /// its body being held. Default 256 MiB.
+    pub max_inbound_bytes: usize,
+    /// The same budget for any one peer, so that one peer (or a few) cannot take it all.
+    /// Default 16 MiB. It caps the largest request a peer can send as well.
+    pub max_inbound_bytes_per_peer: usize,
+    /// Once the first byte of an inbound request frame has arrived, the rest must arrive
+    /// within this time, or the stream is closed (a peer that announces a large request and
+    /// stalls). Default 10 s.
+    pub read_timeout: Duration,
+    /// An answer must be taken by the peer within this time, or the stream is closed (a peer
+    /// that never reads). Default 10 s.
+    pub write_timeout: Duration,
     /// Transport settings (connection timeouts).
     pub transport: TransportConfig,
     /// Connection limits.
@@ -105,6 +121,13 @@ impl fmt::Debug for NodeConfig {
             .field("request_timeout", &self.request_timeout)
             .field("inbound_timeout", &self.inbound_timeout)
             .field("max_concurrent_inbound", &self.max_concurrent_inbound)
+            .field("max_inbound_bytes", &self.max_inbound_bytes)
+            .field(
+                "max_inbound_bytes_per_peer",
+                &self.max_inbound_bytes_per_peer,
+            )
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("transport", &self.transport)
             .field("limits", &self.limits)
             .field("allow_private_addrs", &self.allow_private_addrs)
@@ -132,6 +155,10 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(30),
             inbound_timeout: Duration::from_secs(30),
             max_concurrent_inbound: 256,
+            max_inbound_bytes: 256 << 20,
+            max_inbound_bytes_per_peer: 16 << 20,
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             transport: TransportConfig::default(),
             limits: Limits::default(),
             peer_store: Arc::new(MemoryPeerStore::default()),
@@ -195,6 +222,30 @@ impl NodeConfig {
     #[must_use]
     pub fn with_max_concurrent_inbound(mut self, n: usize) -> Self {
         self.max_concurrent_inbound = n.max(1);
+        self
+    }
+
+    /// Sets the inbound byte budgets: for all peers together and for any one peer (see
+    /// [`NodeConfig::max_inbound_bytes`]).
+    ///
+    /// ```
+    /// let config = p2plane::NodeConfig::listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+    ///     .with_inbound_budget(64 << 20, 8 << 20);
+    /// assert_eq!(config.max_inbound_bytes_per_peer, 8 << 20);
+    /// ```
+    #[must_use]
+    pub fn with_inbound_budget(mut self, total: usize, per_peer: usize) -> Self {
+        self.max_inbound_bytes = total;
+        self.max_inbound_bytes_per_peer = per_peer;
+        self
+    }
+
+    /// Sets the read and write deadlines of inbound streams (see
+    /// [`NodeConfig::read_timeout`] and [`NodeConfig::write_timeout`]).
+    #[must_use]
+    pub fn with_stream_deadlines(mut self, read: Duration, write: Duration) -> Self {
+        self.read_timeout = read;
+        self.write_timeout = write;
         self
     }
 

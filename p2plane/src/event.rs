@@ -91,6 +91,16 @@ pub enum InboundError {
     /// The node was at capacity and dropped the stream without answering.
     #[error("dropped: at capacity")]
     Overloaded,
+    /// The request did not fit in the inbound byte budget (the peer's or the node's); it
+    /// was answered `Busy` without its body being held.
+    #[error("over the inbound byte budget: a {len}-byte request")]
+    OverBudget {
+        /// The request's announced length.
+        len: u64,
+    },
+    /// The peer did not read the answer within the write deadline; the stream was closed.
+    #[error("the peer did not take the answer in time")]
+    WriteTimeout,
 }
 
 /// A stream of a node's [`Event`]s, from the moment of subscription.

@@ -52,6 +52,7 @@
 //! [`p2plane_dht`] (Kademlia configuration); this crate re-exports what an application
 //! needs.
 
+mod budget;
 mod client;
 mod config;
 mod dht;

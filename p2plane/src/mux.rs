@@ -39,14 +39,35 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// Bytes gathered into one write on a shared stream.
 pub(crate) const BATCH: usize = 64 * 1024;
 
+/// A frame queued for a shared stream, with whatever must live until it is written.
+pub(crate) trait Outgoing {
+    fn frame(&self) -> &FrameBuf;
+}
+
+impl Outgoing for FrameBuf {
+    fn frame(&self) -> &FrameBuf {
+        self
+    }
+}
+
 /// Puts `first` and whatever else is already queued (up to [`BATCH`] bytes) into `batch`,
-/// so that one write carries them all. Both ends of a shared stream write this way.
-pub(crate) fn gather(batch: &mut Vec<u8>, first: &FrameBuf, queue: &mut mpsc::Receiver<FrameBuf>) {
+/// so that one write carries them all; the items gathered go to `held`, to be dropped once
+/// the batch is written. Both ends of a shared stream write this way.
+pub(crate) fn gather<T: Outgoing>(
+    batch: &mut Vec<u8>,
+    first: T,
+    queue: &mut mpsc::Receiver<T>,
+    held: &mut Vec<T>,
+) {
     batch.clear();
-    batch.extend_from_slice(first.as_bytes());
+    batch.extend_from_slice(first.frame().as_bytes());
+    held.push(first);
     while batch.len() < BATCH {
         match queue.try_recv() {
-            Ok(frame) => batch.extend_from_slice(frame.as_bytes()),
+            Ok(item) => {
+                batch.extend_from_slice(item.frame().as_bytes());
+                held.push(item);
+            }
             Err(_) => break,
         }
     }
@@ -235,6 +256,7 @@ async fn drive(
         let stream_error = |e: io::Error| map_stream_error(e, peer, &protocol);
         let write = async {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut held = Vec::new();
             loop {
                 let first = match tokio::time::timeout(idle, frames.recv()).await {
                     Ok(Some(frame)) => frame,
@@ -251,7 +273,8 @@ async fn drive(
                     writer.flush().await.map_err(stream_error)?;
                     continue;
                 }
-                gather(&mut batch, &first, &mut frames);
+                gather(&mut batch, first, &mut frames, &mut held);
+                held.clear();
                 writer.write_all(&batch).await.map_err(stream_error)?;
                 writer.flush().await.map_err(stream_error)?;
             }

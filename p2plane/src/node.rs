@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
     pub(crate) mux: crate::mux::Pool,
+    /// The inbound byte budget of every protocol served.
+    pub(crate) budget: Arc<crate::budget::Budget>,
     /// P2PLane's own metrics, when they are on.
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
@@ -302,6 +304,10 @@ impl<P: Protocol> Node<P> {
         tokio::spawn(event_loop.run());
 
         let codec = CborCodec::new(config.max_message_size);
+        let budget = Arc::new(crate::budget::Budget::new(
+            config.max_inbound_bytes,
+            config.max_inbound_bytes_per_peer,
+        ));
         Ok(Self {
             shared: Arc::new(Shared {
                 commands: commands_tx,
@@ -314,6 +320,7 @@ impl<P: Protocol> Node<P> {
                 config,
                 peers,
                 mux: crate::mux::Pool::default(),
+                budget,
                 metrics,
                 metrics_addr,
             }),
@@ -386,6 +393,10 @@ impl<P: Protocol> Node<P> {
             events: self.shared.events.clone(),
             shutdown: self.shared.shutdown.clone(),
             timeout: self.shared.config.inbound_timeout,
+            read_timeout: self.shared.config.read_timeout,
+            write_timeout: self.shared.config.write_timeout,
+            budget: Arc::clone(&self.shared.budget),
+            shared_streams: Default::default(),
             metrics: self.shared.metrics.clone(),
             workers: Arc::new(Semaphore::new(limit)),
             helpers: Arc::new(Semaphore::new(limit)),
@@ -404,6 +415,12 @@ impl<P: Protocol> Node<P> {
     /// peer that serves the request's protocol (as the peer announced through identify).
     pub fn peer_selector(&self) -> ConnectedPeers {
         ConnectedPeers::new(Arc::clone(&self.shared.peers))
+    }
+
+    /// Bytes of inbound requests, and of their answers not yet written, that the node holds
+    /// now: what counts against [`NodeConfig::max_inbound_bytes`].
+    pub fn inbound_bytes(&self) -> usize {
+        self.shared.budget.held()
     }
 
     /// The node's peer store.

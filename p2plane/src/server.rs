@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{PeerId, Stream};
 use p2plane_codec::{
-    CborCodec, Envelope, FrameBuf, FrameError, SharedFrame, read_frame, read_shared_frame,
+    CborCodec, Envelope, FrameBuf, FrameError, read_frame_body, read_frame_len, read_shared_head,
 };
 use p2plane_core::{Codec as _, CodecError, Error, Protocol, Request};
 use serde::Serialize;
@@ -16,13 +16,27 @@ use tower::{BoxError, ServiceExt as _};
 use tower_service::Service;
 use tracing::Instrument as _;
 
-use crate::event::{Event, InboundError};
+use crate::{
+    budget::{Budget, Charge},
+    event::{Event, InboundError},
+};
+
+/// Shared streams one peer may have open per protocol (a client opens two).
+const MAX_SHARED_PER_PEER: usize = 8;
 
 pub(crate) struct ServerContext {
     pub(crate) codec: CborCodec,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) timeout: Duration,
+    /// The rest of a frame must arrive within this once it has begun.
+    pub(crate) read_timeout: Duration,
+    /// An answer must be taken within this.
+    pub(crate) write_timeout: Duration,
+    /// The node's inbound byte budget, shared by all its protocols.
+    pub(crate) budget: Arc<Budget>,
+    /// Shared streams open per peer.
+    pub(crate) shared_streams: std::sync::Mutex<std::collections::HashMap<PeerId, usize>>,
     /// Requests of this protocol handled at once, whichever form they came in.
     pub(crate) workers: Arc<Semaphore>,
     /// Small tasks that answer `Busy`, or shared streams being served.
@@ -114,11 +128,16 @@ pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
     handler: H,
 ) {
     while let Some((peer, stream)) = next(&ctx, &mut inbound).await {
+        let Some(slot) = SharedSlot::take(&ctx, peer) else {
+            report::<P>(&ctx, peer, InboundError::Overloaded);
+            continue;
+        };
         match Arc::clone(&ctx.helpers).try_acquire_owned() {
             Ok(permit) => {
                 let (ctx, handler) = (Arc::clone(&ctx), handler.clone());
                 tokio::spawn(async move {
-                    serve_shared::<P, H>(ctx, peer, stream, handler).await;
+                    serve_shared::<P, H>(Arc::clone(&ctx), peer, stream, handler).await;
+                    drop(slot);
                     drop(permit);
                 });
             }
@@ -127,12 +146,50 @@ pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
     }
 }
 
+/// One of a peer's [`MAX_SHARED_PER_PEER`] shared streams; freed when dropped.
+struct SharedSlot {
+    ctx: Arc<ServerContext>,
+    peer: PeerId,
+}
+
+impl SharedSlot {
+    fn take(ctx: &Arc<ServerContext>, peer: PeerId) -> Option<Self> {
+        let mut open = ctx.shared_streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(peer).or_default();
+        if *n >= MAX_SHARED_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            ctx: Arc::clone(ctx),
+            peer,
+        })
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .ctx
+            .shared_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
 fn report<P: Protocol>(ctx: &ServerContext, peer: PeerId, error: InboundError) {
     tracing::debug!(%peer, protocol = P::NAME, %error, "inbound request failed");
     ctx.count::<P>(match error {
         InboundError::Frame(_) | InboundError::Decode(_) => "malformed",
-        InboundError::Timeout => "timeout",
+        InboundError::Timeout | InboundError::WriteTimeout => "timeout",
         InboundError::Overloaded => "dropped",
+        InboundError::OverBudget { .. } => "over_budget",
         _ => "io",
     });
     let _ = ctx.events.send(Event::InboundFailure {
@@ -218,32 +275,51 @@ async fn serve<P: Protocol, H: Handler<P>>(
     mut stream: Stream,
     handler: H,
 ) {
+    let peer_budget = ctx.budget.peer(peer);
     let exchange = async {
-        let bytes = read_frame(&mut stream, ctx.codec.max_message_size())
-            .await
-            .map_err(frame_error);
-        let body = bytes.and_then(|b| {
-            ctx.codec
-                .decode::<P::Request>(&b)
-                .map_err(InboundError::Decode)
-        });
-        let frame = match body {
-            Ok(body) => answer::<P, H>(ctx, peer, None, body, handler).await,
+        // A stream opened for one request carries it at once: the whole frame is due
+        // within the read deadline. The body is read only once it fits in the budget.
+        let read = async {
+            let len = read_frame_len(&mut stream, ctx.codec.max_message_size()).await?;
+            let Some(charge) = ctx.budget.try_charge(&peer_budget, len as usize) else {
+                return Ok(Err(len));
+            };
+            let bytes = read_frame_body(&mut stream, len).await?;
+            Ok::<_, FrameError>(Ok((bytes, charge)))
+        };
+        let read = match tokio::time::timeout(ctx.read_timeout, read).await {
+            Err(_) => return Err(InboundError::Timeout),
+            Ok(Ok(Err(len))) => {
+                let busy = encode(&ctx.codec, &Envelope::<()>::Busy);
+                let _ =
+                    tokio::time::timeout(ctx.write_timeout, write_and_close(&mut stream, &busy))
+                        .await;
+                return Err(InboundError::OverBudget { len });
+            }
+            Ok(Err(e)) => Err(frame_error(e)),
+            Ok(Ok(Ok((bytes, charge)))) => ctx
+                .codec
+                .decode::<P::Request>(&bytes)
+                .map(|body| (body, charge))
+                .map_err(InboundError::Decode),
+        };
+        let (body, mut charge) = match read {
+            Ok(read) => read,
             Err(error) => {
                 // Tell an honest but mistaken peer why, when the stream still works.
                 if matches!(error, InboundError::Frame(_) | InboundError::Decode(_)) {
-                    let _ = write_and_close(
-                        &mut stream,
-                        &encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string())),
+                    let rejected = encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
+                    let _ = tokio::time::timeout(
+                        ctx.write_timeout,
+                        write_and_close(&mut stream, &rejected),
                     )
                     .await;
                 }
                 return Err(error);
             }
         };
-        write_and_close(&mut stream, &frame)
-            .await
-            .map_err(|e| InboundError::Io(e.to_string()))
+        let frame = answer::<P, H>(ctx, peer, None, body, handler).await;
+        send(ctx, &peer_budget, &mut charge, frame, &mut stream).await
     };
     let outcome = tokio::time::timeout(ctx.timeout, exchange)
         .await
@@ -253,33 +329,49 @@ async fn serve<P: Protocol, H: Handler<P>>(
     }
 }
 
+/// Writes an answer under the budget (held until written) and the write deadline.
+async fn send(
+    ctx: &ServerContext,
+    peer_budget: &Arc<Semaphore>,
+    charge: &mut Charge,
+    frame: FrameBuf,
+    stream: &mut Stream,
+) -> Result<(), InboundError> {
+    if !ctx
+        .budget
+        .grow(peer_budget, charge, frame.len(), ctx.write_timeout)
+        .await
+    {
+        return Err(InboundError::OverBudget {
+            len: frame.len() as u64,
+        });
+    }
+    match tokio::time::timeout(ctx.write_timeout, write_and_close(stream, &frame)).await {
+        Err(_) => Err(InboundError::WriteTimeout),
+        Ok(result) => result.map_err(|e| InboundError::Io(e.to_string())),
+    }
+}
+
 async fn serve_shared<P: Protocol, H: Handler<P>>(
     ctx: Arc<ServerContext>,
     peer: PeerId,
     stream: Stream,
     handler: H,
 ) {
+    let peer_budget = ctx.budget.peer(peer);
     let (mut reader, mut writer) = stream.split();
-    let (answers, mut outgoing) = mpsc::channel::<FrameBuf>(1024);
+    // Answers on their way out, each with the budget it holds until written.
+    let (answers, mut outgoing) = mpsc::channel::<(FrameBuf, Option<Charge>)>(1024);
     let read = {
         let ctx = Arc::clone(&ctx);
+        let peer_budget = Arc::clone(&peer_budget);
         async move {
             let limit = ctx.codec.max_message_size();
             loop {
-                let (id, body) = match read_shared_frame(&mut reader, limit).await {
-                    Ok(SharedFrame::Frame { id, body }) => (id, body),
-                    // Too large for us: refuse that request; the stream goes on.
-                    Ok(SharedFrame::TooLarge { id, len }) => {
-                        let error = InboundError::Frame(CodecError::TooLarge { limit, len });
-                        let mut rejected =
-                            encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
-                        report::<P>(&ctx, peer, error);
-                        rejected.set_id(id);
-                        if answers.send(rejected).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
+                // Between frames the stream may idle; once a frame has begun, its rest is
+                // due within the read deadline.
+                let head = match read_shared_head(&mut reader).await {
+                    Ok(head) => head,
                     // The peer closed its side: a normal end.
                     Err(FrameError::Codec(CodecError::Truncated {
                         expected: 0,
@@ -288,36 +380,91 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
                     // Anything else breaks the framing: nothing more can be answered.
                     Err(e) => return report::<P>(&ctx, peer, frame_error(e)),
                 };
-                let body = &body[..];
-                let mut reply = match ctx.codec.decode::<P::Request>(body) {
-                    Err(e) => {
-                        let error = InboundError::Decode(e);
+                let id = head.id;
+                let charge = if head.body_len > limit as u64 {
+                    None
+                } else {
+                    ctx.budget.try_charge(&peer_budget, head.body_len as usize)
+                };
+                let body = match charge {
+                    Some(charge) => {
+                        tokio::time::timeout(ctx.read_timeout, head.read_body(&mut reader))
+                            .await
+                            .map(|read| read.map(|body| Some((body, charge))))
+                    }
+                    // Too large for us, or over budget: refuse that request without holding
+                    // it; the stream goes on.
+                    None => tokio::time::timeout(ctx.read_timeout, head.skip_body(&mut reader))
+                        .await
+                        .map(|read| read.map(|()| None)),
+                };
+                let body = match body {
+                    Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
+                    Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
+                    Ok(Ok(body)) => body,
+                };
+                let mut reply = match body {
+                    None if head.body_len > limit as u64 => {
+                        let error = InboundError::Frame(CodecError::TooLarge {
+                            limit,
+                            len: head.len,
+                        });
                         let rejected =
                             encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
                         report::<P>(&ctx, peer, error);
                         rejected
                     }
-                    Ok(body) => match Arc::clone(&ctx.workers).try_acquire_owned() {
-                        Ok(permit) => {
-                            let (ctx, handler, answers) =
-                                (Arc::clone(&ctx), handler.clone(), answers.clone());
-                            tokio::spawn(async move {
-                                let mut frame =
-                                    answer::<P, H>(&ctx, peer, Some(id), body, handler).await;
-                                frame.set_id(id);
-                                let _ = answers.send(frame).await;
-                                drop(permit);
-                            });
-                            continue;
+                    None => {
+                        report::<P>(&ctx, peer, InboundError::OverBudget { len: head.len });
+                        encode(&ctx.codec, &Envelope::<()>::Busy)
+                    }
+                    Some((body, mut charge)) => match ctx.codec.decode::<P::Request>(&body) {
+                        Err(e) => {
+                            let error = InboundError::Decode(e);
+                            let rejected =
+                                encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
+                            report::<P>(&ctx, peer, error);
+                            rejected
                         }
-                        Err(_) => {
-                            ctx.count::<P>("busy");
-                            encode(&ctx.codec, &Envelope::<()>::Busy)
-                        }
+                        Ok(body) => match Arc::clone(&ctx.workers).try_acquire_owned() {
+                            Ok(permit) => {
+                                let (ctx, handler, answers, peer_budget) = (
+                                    Arc::clone(&ctx),
+                                    handler.clone(),
+                                    answers.clone(),
+                                    Arc::clone(&peer_budget),
+                                );
+                                tokio::spawn(async move {
+                                    let mut frame =
+                                        answer::<P, H>(&ctx, peer, Some(id), body, handler).await;
+                                    frame.set_id(id);
+                                    drop(permit);
+                                    let len = frame.len();
+                                    if ctx
+                                        .budget
+                                        .grow(&peer_budget, &mut charge, len, ctx.write_timeout)
+                                        .await
+                                    {
+                                        let _ = answers.send((frame, Some(charge))).await;
+                                    } else {
+                                        report::<P>(
+                                            &ctx,
+                                            peer,
+                                            InboundError::OverBudget { len: len as u64 },
+                                        );
+                                    }
+                                });
+                                continue;
+                            }
+                            Err(_) => {
+                                ctx.count::<P>("busy");
+                                encode(&ctx.codec, &Envelope::<()>::Busy)
+                            }
+                        },
                     },
                 };
                 reply.set_id(id);
-                if answers.send(reply).await.is_err() {
+                if answers.send((reply, None)).await.is_err() {
                     return;
                 }
             }
@@ -325,13 +472,35 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
     };
     let write = async move {
         let mut batch = Vec::with_capacity(crate::mux::BATCH);
+        // The answers in the batch, with their charges, until it is written.
+        let mut held = Vec::new();
         while let Some(first) = outgoing.recv().await {
-            crate::mux::gather(&mut batch, &first, &mut outgoing);
-            if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
-                return;
+            crate::mux::gather(&mut batch, first, &mut outgoing, &mut held);
+            let written = tokio::time::timeout(ctx.write_timeout, async {
+                writer.write_all(&batch).await?;
+                writer.flush().await
+            })
+            .await;
+            held.clear();
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return report::<P>(&ctx, peer, InboundError::WriteTimeout),
             }
         }
-        let _ = writer.close().await;
+        let _ = tokio::time::timeout(ctx.write_timeout, writer.close()).await;
     };
-    futures::join!(read, write);
+    futures::pin_mut!(read, write);
+    match futures::future::select(read, write).await {
+        // The peer is done sending: finish writing what it is owed.
+        futures::future::Either::Left(((), write)) => write.await,
+        // The writer gave up (a peer that does not read): stop reading too.
+        futures::future::Either::Right(((), _read)) => {}
+    }
+}
+
+impl crate::mux::Outgoing for (FrameBuf, Option<Charge>) {
+    fn frame(&self) -> &FrameBuf {
+        &self.0
+    }
 }

@@ -4,18 +4,12 @@
 
 mod common;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
+use std::sync::atomic::Ordering;
 
-use common::*;
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
-use libp2p::{StreamProtocol, swarm::SwarmEvent};
+use common::{attacker::*, *};
 use p2plane::{
-    CodecError, Event, InboundError, Message, PeerId,
+    CodecError, Event, InboundError, Message,
     codec::{CborCodec, Envelope, FrameBuf, read_frame},
-    transport::{TransportConfig, build_swarm, identity},
 };
 use p2plane_codec::Codec as _;
 
@@ -24,75 +18,6 @@ type Expect = fn(&InboundError) -> bool;
 
 /// The node's default limit.
 const LIMIT: usize = p2plane::codec::DEFAULT_MAX_MESSAGE_SIZE;
-
-struct Attacker {
-    control: libp2p_stream::Control,
-    node: PeerId,
-    /// Connections the attacker saw open and close after the first one.
-    connections: Arc<AtomicUsize>,
-    closed: Arc<AtomicUsize>,
-}
-
-impl Attacker {
-    /// Connects to `addr`; the swarm is driven by a task of its own.
-    async fn connect(addr: p2plane::Multiaddr) -> Self {
-        let mut swarm = build_swarm(identity::generate(), &TransportConfig::default(), |_| {
-            libp2p_stream::Behaviour::new()
-        })
-        .unwrap();
-        let control = swarm.behaviour().new_control();
-        swarm.dial(addr).unwrap();
-        let node = within("attacker connection", async {
-            loop {
-                if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
-                    swarm.select_next_some().await
-                {
-                    return peer_id;
-                }
-            }
-        })
-        .await;
-        let (connections, closed) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
-        let (c, d) = (connections.clone(), closed.clone());
-        tokio::spawn(async move {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { .. } => c.fetch_add(1, Ordering::SeqCst),
-                    SwarmEvent::ConnectionClosed { .. } => d.fetch_add(1, Ordering::SeqCst),
-                    _ => 0,
-                };
-            }
-        });
-        Self {
-            control,
-            node,
-            connections,
-            closed,
-        }
-    }
-
-    /// Opens a stream on the echo protocol, writes `bytes`, closes the write side and
-    /// returns what the node answered (possibly nothing).
-    async fn send_raw(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let protocol = StreamProtocol::new(Echo::PROTOCOL);
-        let mut stream = self.control.open_stream(self.node, protocol).await.unwrap();
-        // The node may close the stream before all is written; that is fine.
-        let _ = stream.write_all(bytes).await;
-        let _ = stream.close().await;
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        answer
-    }
-}
-
-fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_truncated_oversized_and_trailing_junk_are_refused_and_the_node_keeps_serving() {

@@ -2,6 +2,8 @@
 //! with timeouts, never on sleeps.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod attacker;
+
 use std::{convert::Infallible, future::Future, time::Duration};
 
 use futures::StreamExt as _;
