@@ -21,8 +21,10 @@
 //! ```
 
 pub mod identity;
+mod ip_limits;
 mod swarm;
 
 pub use identity::IdentityError;
+pub use ip_limits::{IpLimitExceeded, IpLimits};
 pub use libp2p;
 pub use swarm::{Limits, TransportConfig, TransportError, build_swarm};

@@ -59,6 +59,13 @@ pub struct Limits {
     pub max_pending_incoming: u32,
     /// Outgoing connections being set up. Default 128.
     pub max_pending_outgoing: u32,
+    /// Inbound connections (being set up or established) from one IP address. Default 8.
+    pub max_inbound_per_ip: u32,
+    /// Inbound connections from one subnet (/24 for IPv4, /48 for IPv6). Default 64.
+    pub max_inbound_per_subnet: u32,
+    /// Apply the two limits above to loopback sources too. Default `false`: a machine's own
+    /// processes (a local committee, tests) connect freely.
+    pub limit_loopback: bool,
 }
 
 impl Default for Limits {
@@ -68,6 +75,9 @@ impl Default for Limits {
             max_established_per_peer: 4,
             max_pending_incoming: 128,
             max_pending_outgoing: 128,
+            max_inbound_per_ip: 8,
+            max_inbound_per_subnet: 64,
+            limit_loopback: false,
         }
     }
 }
@@ -81,6 +91,15 @@ impl Limits {
                 .with_max_established_per_peer(Some(self.max_established_per_peer))
                 .with_max_pending_incoming(Some(self.max_pending_incoming))
                 .with_max_pending_outgoing(Some(self.max_pending_outgoing)),
+        )
+    }
+
+    /// The behaviour that enforces the per-IP and per-subnet limits on inbound connections.
+    pub fn ip_behaviour(&self) -> crate::IpLimits {
+        crate::IpLimits::new(
+            self.max_inbound_per_ip,
+            self.max_inbound_per_subnet,
+            !self.limit_loopback,
         )
     }
 }

@@ -26,6 +26,7 @@ use crate::{
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) ip_limits: p2plane_transport::IpLimits,
     pub(crate) gate: Gate,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) streams: streams::Behaviour,

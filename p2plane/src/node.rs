@@ -150,6 +150,7 @@ impl<P: Protocol> Node<P> {
         let streams = streams::Behaviour::new();
         let control = streams.control();
         let limits = config.limits.behaviour();
+        let ip_limits = config.limits.ip_behaviour();
         let gate = Gate::new(Arc::clone(&config.peer_store), config.allowed_peers.clone());
         let dht_config = config.dht.clone();
         let dht_store = match &config.dht {
@@ -182,6 +183,7 @@ impl<P: Protocol> Node<P> {
             build_swarm(keypair, &config.transport, move |key| Behaviour {
                 gate,
                 limits,
+                ip_limits,
                 streams,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())

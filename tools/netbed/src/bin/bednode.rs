@@ -1,0 +1,314 @@
+//! The test bed's node, on P2PLane's public API only. Every run prints one line per figure.
+//!
+//! ```text
+//! bednode serve --listen ADDR [--key FILE] [--peers FILE] [--bootstrap ADDR] [--dht]
+//!               [--limit-loopback]
+//!     An echo server (and, with --dht, a DHT server with a persistent peer store at
+//!     --peers). Prints `READY peer=ID addr=ADDR`, then `CONNECTED n=N` every second.
+//! bednode call --listen ADDR --target ADDR --requests N [--concurrency C] [--retry]
+//!              [--timeout-ms T]
+//!     Sends N echo requests to the node at --target, C at a time, each attempt under a
+//!     timeout, with or without the retry layer. Prints
+//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent).
+//! bednode dht --listen ADDR --bootstrap ADDR --put N --rounds R [--interval-ms I]
+//!     Joins the DHT, puts N records (`key-i` -> `value-i`), then every interval gets all
+//!     N and prints `GETS round=.. ok=.. stale=.. total=.. p95_ms=..`, R times.
+//! ```
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt as _, stream};
+use p2plane::{
+    DhtConfig, DhtMode, Message, Multiaddr, Node, NodeConfig, PeerId, Quorum, Request, RetryLayer,
+    RetryPolicy, TimeoutLayer, service_fn,
+    tower::{ServiceBuilder, ServiceExt as _},
+};
+use serde::{Deserialize, Serialize};
+
+/// The echo protocol the bed's nodes speak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Echo {
+    seq: u64,
+    text: String,
+}
+
+impl Message for Echo {
+    const PROTOCOL: &'static str = "/p2plane-bed/echo/1";
+}
+
+struct Args(HashMap<String, Option<String>>);
+
+impl Args {
+    fn parse(raw: &[String]) -> Self {
+        let mut map = HashMap::new();
+        let mut i = 0;
+        while i < raw.len() {
+            let key = raw[i].trim_start_matches("--").to_owned();
+            let value = raw.get(i + 1).filter(|v| !v.starts_with("--")).cloned();
+            i += 1 + usize::from(value.is_some());
+            map.insert(key, value);
+        }
+        Self(map)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.as_deref())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    fn addr(&self, key: &str) -> Result<Multiaddr, String> {
+        self.get(key)
+            .ok_or_else(|| format!("--{key} is required"))?
+            .parse()
+            .map_err(|e| format!("--{key}: {e}"))
+    }
+
+    fn num(&self, key: &str, default: u64) -> Result<u64, String> {
+        self.get(key).map_or(Ok(default), |v| {
+            v.parse().map_err(|e| format!("--{key}: {e}"))
+        })
+    }
+}
+
+fn base_config(args: &Args) -> Result<NodeConfig, String> {
+    let mut config = NodeConfig::listen_on(args.addr("listen")?).with_private_addrs(true);
+    if let Some(key) = args.get("key") {
+        config = config.with_key_file(key);
+    }
+    if let Ok(addr) = args.addr("bootstrap") {
+        config = config.with_bootstrap(addr);
+    }
+    if let Some(path) = args.get("peers") {
+        let store = p2plane::peers::RedbPeerStore::open(path).map_err(|e| e.to_string())?;
+        config = config.with_peer_store(Arc::new(store));
+    }
+    let mut limits = p2plane::Limits::default();
+    limits.limit_loopback = args.flag("limit-loopback");
+    config = config.with_limits(limits);
+    let dht = args.flag("dht").then(|| {
+        let mut dht = DhtConfig::default()
+            .with_mode(DhtMode::Server)
+            .with_replication(std::num::NonZeroUsize::new(5).expect("5 > 0"))
+            .with_query_timeout(Duration::from_secs(10));
+        dht.bootstrap_interval = Some(Duration::from_secs(10));
+        dht
+    });
+    Ok(config.with_dht(dht))
+}
+
+async fn serve(args: &Args) -> Result<(), String> {
+    let node = Node::<Echo>::new(base_config(args)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let me = node.local_peer_id();
+    node.serve(service_fn(move |req: Request<Echo>| async move {
+        let body = req.into_body();
+        Ok::<_, Infallible>(Echo {
+            seq: body.seq,
+            text: format!("{} from {me}", body.text),
+        })
+    }))
+    .map_err(|e| e.to_string())?;
+    let addr = listen_addr(&node).await?;
+    println!("READY peer={me} addr={addr}");
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = node.connected_peers().await.map_or(0, |p| p.len());
+        println!("CONNECTED n={n}");
+    }
+}
+
+async fn listen_addr(node: &Node<Echo>) -> Result<Multiaddr, String> {
+    for _ in 0..100 {
+        if let Some(addr) = node
+            .listen_addrs()
+            .await
+            .ok()
+            .and_then(|a| a.into_iter().next())
+        {
+            return Ok(addr);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err("no listen address".to_owned())
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+async fn call(args: &Args) -> Result<(), String> {
+    let node = Node::<Echo>::new(base_config(args)?.with_dht(None))
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = args.addr("target")?;
+    let server: PeerId = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match node.dial(target.clone()).await {
+                Ok(peer) => return peer,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "could not connect to the target".to_owned())?;
+    let requests = args.num("requests", 200)?;
+    let concurrency = args.num("concurrency", 20)? as usize;
+    let timeout = Duration::from_millis(args.num("timeout-ms", 1000)?);
+    let wire = Arc::new(AtomicU64::new(0));
+    let counted = {
+        let wire = wire.clone();
+        move |req: Request<Echo>| {
+            wire.fetch_add(1, Ordering::Relaxed);
+            req
+        }
+    };
+    let retry = args.flag("retry").then(|| {
+        RetryLayer::new(
+            RetryPolicy::exponential(5)
+                .with_base_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(1)),
+        )
+    });
+    let client = ServiceBuilder::new()
+        .option_layer(retry)
+        .map_request(counted)
+        .layer(TimeoutLayer::new(timeout))
+        .service(node.client());
+    let outcomes: Vec<(bool, Duration)> = stream::iter(0..requests)
+        .map(|seq| {
+            let client = client.clone();
+            async move {
+                let started = Instant::now();
+                let request = Echo {
+                    seq,
+                    text: format!("request {seq}"),
+                };
+                let ok = client
+                    .oneshot(Request::new(server, request))
+                    .await
+                    .is_ok_and(|r| r.seq == seq && r.text.starts_with("request "));
+                (ok, started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let ok = outcomes.iter().filter(|(ok, _)| *ok).count();
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|(_, d)| *d).collect();
+    latencies.sort();
+    println!(
+        "RESULT ok={ok} total={requests} p50_ms={:.1} p99_ms={:.1} wire={}",
+        percentile(&latencies, 50),
+        percentile(&latencies, 99),
+        wire.load(Ordering::Relaxed)
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn dht(args: &Args) -> Result<(), String> {
+    let mut config = base_config(args)?;
+    if config.dht.is_none() {
+        config = config.with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)));
+    }
+    let node = Node::<Echo>::new(config).await.map_err(|e| e.to_string())?;
+    let dht = node.dht();
+    let records = args.num("put", 100)?;
+    let rounds = args.num("rounds", 1)?;
+    let interval = Duration::from_millis(args.num("interval-ms", 1000)?);
+    // Joined once the routing table holds more than the bootstrap peer.
+    let joined = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let _ = dht.bootstrap().await;
+            if dht.routing_table_size().await.unwrap_or(0) > 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    if joined.is_err() {
+        return Err("the routing table did not grow past the bootstrap peer".to_owned());
+    }
+    let mut put_ok = 0;
+    for i in 0..records {
+        let put = dht
+            .put_record(
+                format!("key-{i}").into_bytes(),
+                format!("value-{i}").into_bytes(),
+                Quorum::One,
+            )
+            .await;
+        put_ok += u64::from(put.is_ok());
+    }
+    println!(
+        "PUT ok={put_ok} total={records} table={}",
+        dht.routing_table_size().await.unwrap_or(0)
+    );
+    for round in 0..rounds {
+        let started = Instant::now();
+        let gets: Vec<(Option<bool>, Duration)> = stream::iter(0..records)
+            .map(|i| {
+                let dht = dht.clone();
+                async move {
+                    let t = Instant::now();
+                    let got = dht.get_record(format!("key-{i}").into_bytes()).await;
+                    let fresh = got.ok().map(|v| v == format!("value-{i}").into_bytes());
+                    (fresh, t.elapsed())
+                }
+            })
+            .buffer_unordered(10)
+            .collect()
+            .await;
+        let ok = gets.iter().filter(|(g, _)| *g == Some(true)).count();
+        let stale = gets.iter().filter(|(g, _)| *g == Some(false)).count();
+        let mut latencies: Vec<Duration> = gets.iter().map(|(_, d)| *d).collect();
+        latencies.sort();
+        println!(
+            "GETS round={round} ok={ok} stale={stale} total={records} p95_ms={:.1}",
+            percentile(&latencies, 95)
+        );
+        tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let Some((mode, rest)) = raw.split_first() else {
+        eprintln!("usage: bednode serve|call|dht --listen ADDR ... (see the source's docs)");
+        return ExitCode::from(2);
+    };
+    let args = Args::parse(rest);
+    let outcome = match mode.as_str() {
+        "serve" => serve(&args).await,
+        "call" => call(&args).await,
+        "dht" => dht(&args).await,
+        other => Err(format!("unknown mode {other}")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bednode: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
