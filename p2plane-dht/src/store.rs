@@ -68,6 +68,7 @@ fn run_writer(db: Database, ops: std::sync::mpsc::Receiver<Op>) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         batch.extend(ops.try_iter().take(WRITE_QUEUE));
+        fail::fail_point!("dht::commit::before");
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
@@ -92,10 +93,12 @@ fn run_writer(db: Database, ops: std::sync::mpsc::Receiver<Op>) {
                     }
                 }
             }
+            fail::fail_point!("dht::commit::inserted");
             txn.commit()?;
             Ok(())
         })()
         .map_err(|e| e.to_string());
+        fail::fail_point!("dht::commit::after");
         if let Err(e) = &result {
             tracing::warn!(error = %e, "record store write failed; the records are kept in memory");
         }

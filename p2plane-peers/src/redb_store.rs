@@ -310,7 +310,10 @@ fn write_loop(db: &Database, shared: &Shared, interval: Duration) {
         let result = if batch.is_empty() {
             Ok(())
         } else {
-            commit(db, &batch)
+            fail::fail_point!("peers::commit::before");
+            let result = commit(db, &batch);
+            fail::fail_point!("peers::commit::after");
+            result
         };
         let mut state = shared.lock();
         match result {
@@ -352,6 +355,7 @@ fn commit(db: &Database, batch: &[(PeerId, Option<PeerRecord>)]) -> Result<(), P
             }
         }
     }
+    fail::fail_point!("peers::commit::inserted");
     txn.commit().map_err(storage_error)
 }
 

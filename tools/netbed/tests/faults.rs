@@ -9,6 +9,7 @@
 use std::{
     path::Path,
     process::Command,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -24,6 +25,9 @@ fn soak() -> bool {
 
 /// Runs `body` inside an empty network namespace, or says why it is skipped.
 fn in_netns(name: &str, body: impl FnOnce()) {
+    // One bed at a time: they share two cores, and their figures are timings.
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     match reexec_in_empty_netns(name) {
         Ok(None) => body(),
         Ok(Some(passed)) => assert!(passed, "{name} failed inside its network namespace"),
@@ -74,18 +78,12 @@ fn loss_and_latency_with_and_without_retry() {
                 bed.set_loss(loss).expect("loss rules");
                 let timeout_ms = (1000 + 4 * 2 * delay).to_string();
                 for retry in [false, true] {
-                    let mut cmd = bed.command(2, Path::new(BEDNODE));
-                    cmd.args(["call", "--listen", &addr(2), "--target", &addr(1)])
-                        .args(["--requests", &requests.to_string()])
-                        .args(["--timeout-ms", &timeout_ms]);
+                    let mut extra = vec!["--timeout-ms", &timeout_ms];
                     if retry {
-                        cmd.arg("--retry");
+                        extra.push("--retry");
                     }
                     let started = Instant::now();
-                    let mut proc = bed.spawn(cmd).expect("client starts");
-                    let line = proc
-                        .line_starting("RESULT", Duration::from_secs(300))
-                        .expect("the client reports");
+                    let line = call(&mut bed, 2, requests, &extra);
                     let ok = field(&line, "ok");
                     let wire = field(&line, "wire");
                     let success = 100.0 * ok / f64::from(requests);
@@ -111,6 +109,275 @@ fn loss_and_latency_with_and_without_retry() {
             amplification <= 1.3,
             "50 ms, 10% loss, retry: {amplification} wire requests per request"
         );
+    });
+}
+
+/// Runs the echo client on `host` against host 1 and returns its result line.
+fn call(bed: &mut Bed, host: usize, requests: u32, extra: &[&str]) -> String {
+    let mut cmd = bed.command(host, Path::new(BEDNODE));
+    cmd.args(["call", "--listen", &addr(host), "--target", &addr(1)])
+        .args(["--requests", &requests.to_string()])
+        .args(extra);
+    let mut proc = bed.spawn(cmd).expect("client starts");
+    proc.line_starting("RESULT", Duration::from_secs(300))
+        .expect("the client reports")
+}
+
+#[test]
+fn connection_flood_from_one_subnet() {
+    in_netns("connection_flood_from_one_subnet", || {
+        let mut bed = Bed::new(3).expect("test bed");
+        let _server = server(&mut bed, 1, &[]);
+        let (connections, dials) = if soak() { (5000, 2000) } else { (2000, 200) };
+        // The attacker: 50 addresses of 10.77.9.0/24.
+        bed.add_aliases(2, 9, 50).expect("aliases");
+        let mut cmd = bed.command(2, Path::new(BEDNODE));
+        cmd.args(["flood", "--net", "10.77.9", "--aliases", "50"])
+            .args(["--target", &format!("{}:{PORT}", Bed::ip(1))])
+            .args(["--connections", &connections.to_string()])
+            .args(["--dials", &dials.to_string(), "--secs", "8"]);
+        let mut attacker = bed.spawn(cmd).expect("attacker starts");
+        attacker
+            .line_starting("STARTED", Duration::from_secs(60))
+            .expect("the flood started");
+        // An honest peer from another subnet connects and calls during the flood.
+        let honest = call(&mut bed, 3, 200, &[]);
+        let flood = attacker
+            .line_starting("FLOOD", Duration::from_secs(60))
+            .expect("the attacker reports");
+        let ok = field(&honest, "ok");
+        println!(
+            "FIGURE connection-flood: {connections} raw TCP connections and {dials} dials from \
+             50 addresses of one /24: held open {} (limits: 8 per address, 64 per /24), closed \
+             by the node {}, dials accepted {} refused {}; honest peer from another subnet: \
+             connected in {} ms, {ok}/200 requests ok, p99 {} ms",
+            field(&flood, "raw_open"),
+            field(&flood, "raw_refused"),
+            field(&flood, "dials_ok"),
+            field(&flood, "dials_refused"),
+            field(&honest, "connect_ms"),
+            field(&honest, "p99_ms"),
+        );
+        assert!(field(&flood, "raw_open") <= 64.0, "{flood}");
+        assert!(field(&flood, "raw_refused") > 0.0, "{flood}");
+        assert!(ok >= 198.0, "{honest}");
+    });
+}
+
+/// Starts DHT servers on hosts `1..=n` (host 1 first, the others bootstrapping from it).
+fn dht_servers(bed: &mut Bed, n: usize) -> Vec<Proc> {
+    (1..=n)
+        .map(|host| {
+            let bootstrap = addr(1);
+            let mut extra = vec!["--dht", "--query-timeout-ms", "3000"];
+            if host > 1 {
+                extra.extend(["--bootstrap", &bootstrap]);
+            }
+            server(bed, host, &extra)
+        })
+        .collect()
+}
+
+/// Reads the prober's rounds until one has at least 99% of gets right; returns how long
+/// that took and the stale values seen meanwhile.
+fn until_recovered(prober: &mut Proc, records: f64) -> (Duration, f64) {
+    let started = Instant::now();
+    let mut stale = 0.0;
+    loop {
+        let line = prober
+            .line_starting("GETS", Duration::from_secs(120))
+            .expect("the prober reports");
+        stale += field(&line, "stale");
+        if field(&line, "ok") >= 0.99 * records {
+            return (started.elapsed(), stale);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no recovery after 90 s: {line}"
+        );
+    }
+}
+
+/// Reads `n` rounds and returns the share of gets that succeeded.
+fn rounds(prober: &mut Proc, n: usize, records: f64) -> f64 {
+    let mut ok = 0.0;
+    for _ in 0..n {
+        let line = prober
+            .line_starting("GETS", Duration::from_secs(120))
+            .expect("the prober reports");
+        ok += field(&line, "ok");
+    }
+    ok / (n as f64 * records)
+}
+
+#[test]
+fn partition_and_heal() {
+    in_netns("partition_and_heal", || {
+        const HOSTS: usize = 12;
+        const RECORDS: u32 = 20;
+        let mut bed = Bed::new(HOSTS).expect("test bed");
+        let _servers = dht_servers(&mut bed, HOSTS - 1);
+        // Host 11 puts the records (into the servers' stores) and leaves; host 12, a DHT
+        // client that stores nothing itself, reads them.
+        let mut cmd = bed.command(HOSTS - 1, Path::new(BEDNODE));
+        let putter_addr = format!("/ip4/{}/tcp/{}", Bed::ip(HOSTS - 1), PORT + 1);
+        cmd.args(["dht", "--listen", &putter_addr, "--bootstrap", &addr(1)])
+            .args(["--put", &RECORDS.to_string(), "--rounds", "0"]);
+        let put = bed
+            .spawn(cmd)
+            .expect("putter starts")
+            .line_starting("PUT", Duration::from_secs(120))
+            .expect("the records were put");
+        assert_eq!(field(&put, "ok"), f64::from(RECORDS), "{put}");
+        let mut cmd = bed.command(HOSTS, Path::new(BEDNODE));
+        cmd.args([
+            "dht",
+            "--client",
+            "--listen",
+            &addr(HOSTS),
+            "--bootstrap",
+            &addr(1),
+        ])
+        .args(["--get", &RECORDS.to_string(), "--rounds", "100000"])
+        .args(["--interval-ms", "1000", "--query-timeout-ms", "2000"]);
+        let mut prober = bed.spawn(cmd).expect("prober starts");
+        let records = f64::from(RECORDS);
+        let before = rounds(&mut prober, 3, records);
+
+        // The prober's host alone.
+        let others: Vec<usize> = (1..HOSTS).collect();
+        bed.partition(&[&others]).expect("isolate");
+        let isolated = rounds(&mut prober, 3, records);
+        bed.heal().expect("heal");
+        let (after_isolation, stale_1) = until_recovered(&mut prober, records);
+
+        // Two halves; the prober with hosts 7..=11.
+        let (left, right): (Vec<usize>, Vec<usize>) = (1..=HOSTS).partition(|&h| h <= 6);
+        bed.partition(&[&left, &right]).expect("split");
+        let split = rounds(&mut prober, 3, records);
+        bed.heal().expect("heal");
+        let (after_split, stale_2) = until_recovered(&mut prober, records);
+        let steady = rounds(&mut prober, 5, records);
+        println!(
+            "FIGURE partition: {HOSTS} hosts, {RECORDS} records (replication 5): gets ok \
+             {:.0}% before, {:.0}% with the prober isolated, {:.0}% split in halves; back to \
+             >= 99% {:.1} s after healing the isolation and {:.1} s after healing the split; \
+             {:.1}% over the next 5 rounds; stale values {}",
+            before * 100.0,
+            isolated * 100.0,
+            split * 100.0,
+            after_isolation.as_secs_f64(),
+            after_split.as_secs_f64(),
+            steady * 100.0,
+            stale_1 + stale_2,
+        );
+        assert!(before >= 0.99);
+        assert!(
+            isolated < 0.01,
+            "an isolated client finds nothing: {isolated}"
+        );
+        assert!(after_isolation < Duration::from_secs(30));
+        assert!(after_split < Duration::from_secs(30));
+        assert!(steady >= 0.99);
+        assert_eq!(stale_1 + stale_2, 0.0);
+    });
+}
+
+#[test]
+fn churn_with_restarts_from_persistent_peer_stores() {
+    in_netns("churn_with_restarts_from_persistent_peer_stores", || {
+        const HOSTS: usize = 30;
+        const RECORDS: u32 = 50;
+        // Rounds of 50 gets, one every 2 s; one server killed every 5 rounds (10 s), and
+        // restarted 10 s later: 6 kills a minute, 20% of the network.
+        let minutes = if soak() { 3 } else { 1 };
+        let total_rounds = minutes * 30;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = |host: usize| {
+            (
+                dir.path().join(format!("key-{host}")),
+                dir.path().join(format!("peers-{host}.redb")),
+            )
+        };
+        let mut bed = Bed::new(HOSTS).expect("test bed");
+        let start = |bed: &mut Bed, host: usize, bootstrap: bool| {
+            let (key, peers) = files(host);
+            let (key, peers) = (key.to_string_lossy(), peers.to_string_lossy());
+            let first = addr(1);
+            let mut extra = vec!["--dht", "--query-timeout-ms", "3000"];
+            extra.extend(["--key", &key, "--peers", &peers]);
+            if bootstrap && host > 1 {
+                extra.extend(["--bootstrap", &first]);
+            }
+            server(bed, host, &extra)
+        };
+        let mut servers: Vec<Option<Proc>> = (1..HOSTS - 1)
+            .map(|host| Some(start(&mut bed, host, true)))
+            .collect();
+        let mut cmd = bed.command(HOSTS - 1, Path::new(BEDNODE));
+        cmd.args(["dht", "--listen", &addr(HOSTS - 1), "--bootstrap", &addr(1)])
+            .args(["--put", &RECORDS.to_string(), "--rounds", "0"]);
+        let put = bed
+            .spawn(cmd)
+            .expect("putter starts")
+            .line_starting("PUT", Duration::from_secs(120))
+            .expect("the records were put");
+        assert_eq!(field(&put, "ok"), f64::from(RECORDS), "{put}");
+        let mut cmd = bed.command(HOSTS, Path::new(BEDNODE));
+        cmd.args([
+            "dht",
+            "--client",
+            "--listen",
+            &addr(HOSTS),
+            "--bootstrap",
+            &addr(1),
+        ])
+        .args(["--get", &RECORDS.to_string(), "--rounds", "100000"])
+        .args(["--interval-ms", "2000", "--query-timeout-ms", "3000"]);
+        let mut prober = bed.spawn(cmd).expect("prober starts");
+
+        let (mut ok, mut lookups, mut p95s, mut kills) = (0.0, 0.0, Vec::new(), 0);
+        let mut rejoins = 0;
+        let mut down: Option<usize> = None;
+        for round in 0..total_rounds {
+            if round % 5 == 4 {
+                // Restart the one killed last (from its key and peer store, without the
+                // bootstrap address), and kill another.
+                if let Some(host) = down.take() {
+                    let mut restarted = start(&mut bed, host, false);
+                    // It finds its way back through the peers its store remembers.
+                    let rejoined = (0..30).any(|_| {
+                        restarted
+                            .line_starting("CONNECTED", Duration::from_secs(5))
+                            .is_some_and(|l| field(&l, "n") > 0.0)
+                    });
+                    assert!(rejoined, "host {host} reconnected from its peer store");
+                    rejoins += 1;
+                    servers[host - 1] = Some(restarted);
+                }
+                let host = 2 + (round * 7) % (HOSTS - 3);
+                servers[host - 1] = None;
+                down = Some(host);
+                kills += 1;
+            }
+            let line = prober
+                .line_starting("GETS", Duration::from_secs(120))
+                .expect("the prober reports");
+            ok += field(&line, "ok");
+            lookups += field(&line, "total");
+            p95s.push(field(&line, "p95_ms"));
+        }
+        p95s.sort_by(f64::total_cmp);
+        let success = 100.0 * ok / lookups;
+        println!(
+            "FIGURE churn: {HOSTS} hosts, {kills} kill -9 ({rejoins} restarted, each reconnected \
+             from its peer store alone) in {minutes} min ({:.0}% of the servers per minute), {RECORDS} records (replication \
+             5): {ok}/{lookups} gets ok ({success:.2}%), p95 per round: median {} ms, worst {} ms",
+            100.0 * kills as f64 / minutes as f64 / (HOSTS - 2) as f64,
+            p95s[p95s.len() / 2],
+            p95s[p95s.len() - 1],
+        );
+        assert!(success >= 99.0, "{success}%");
     });
 }
 

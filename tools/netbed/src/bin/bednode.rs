@@ -10,9 +10,17 @@
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
 //!     timeout, with or without the retry layer. Prints
 //!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent).
-//! bednode dht --listen ADDR --bootstrap ADDR --put N --rounds R [--interval-ms I]
-//!     Joins the DHT, puts N records (`key-i` -> `value-i`), then every interval gets all
-//!     N and prints `GETS round=.. ok=.. stale=.. total=.. p95_ms=..`, R times.
+//! bednode dht --listen ADDR --bootstrap ADDR [--put N] [--get M] --rounds R
+//!             [--interval-ms I] [--query-timeout-ms T] [--client]
+//!     Joins the DHT (as a server, or a client that stores nothing for others), puts N
+//!     records (`key-i` -> `value-i`), then every interval gets `key-0..M` (default N; 32 at
+//!     a time) and prints `GETS round=.. ok=.. stale=.. total=.. p95_ms=..`, R times.
+//! bednode flood --net 10.77.9 --aliases A --target IP:PORT --connections C --dials D
+//!               --secs S
+//!     From A addresses `NET.1..A` (one /24, already on the host): C raw TCP connections
+//!     that never start a handshake, plus D libp2p connections (full handshakes, one node
+//!     per address). Prints `FLOOD raw_open=.. raw_refused=.. dials_ok=.. dials_refused=..`
+//!     after S seconds: raw connections the node still held open, and those it closed.
 //! ```
 
 use std::{
@@ -101,7 +109,9 @@ fn base_config(args: &Args) -> Result<NodeConfig, String> {
         let mut dht = DhtConfig::default()
             .with_mode(DhtMode::Server)
             .with_replication(std::num::NonZeroUsize::new(5).expect("5 > 0"))
-            .with_query_timeout(Duration::from_secs(10));
+            .with_query_timeout(Duration::from_millis(
+                args.num("query-timeout-ms", 10_000).unwrap_or(10_000),
+            ));
         dht.bootstrap_interval = Some(Duration::from_secs(10));
         dht
     });
@@ -157,6 +167,7 @@ async fn call(args: &Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let target = args.addr("target")?;
+    let connecting = Instant::now();
     let server: PeerId = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match node.dial(target.clone()).await {
@@ -167,6 +178,7 @@ async fn call(args: &Args) -> Result<(), String> {
     })
     .await
     .map_err(|_| "could not connect to the target".to_owned())?;
+    let connect_ms = connecting.elapsed().as_secs_f64() * 1000.0;
     let requests = args.num("requests", 200)?;
     let concurrency = args.num("concurrency", 20)? as usize;
     let timeout = Duration::from_millis(args.num("timeout-ms", 1000)?);
@@ -213,7 +225,7 @@ async fn call(args: &Args) -> Result<(), String> {
     let mut latencies: Vec<Duration> = outcomes.iter().map(|(_, d)| *d).collect();
     latencies.sort();
     println!(
-        "RESULT ok={ok} total={requests} p50_ms={:.1} p99_ms={:.1} wire={}",
+        "RESULT ok={ok} total={requests} p50_ms={:.1} p99_ms={:.1} wire={} connect_ms={connect_ms:.1}",
         percentile(&latencies, 50),
         percentile(&latencies, 99),
         wire.load(Ordering::Relaxed)
@@ -222,14 +234,106 @@ async fn call(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+async fn flood(args: &Args) -> Result<(), String> {
+    use tokio::io::AsyncReadExt as _;
+    let net = args.get("net").ok_or("--net is required")?.to_owned();
+    let aliases = args.num("aliases", 50)?.max(1);
+    let target: std::net::SocketAddr = args
+        .get("target")
+        .ok_or("--target is required")?
+        .parse()
+        .map_err(|e| format!("--target: {e}"))?;
+    let connections = args.num("connections", 2000)?;
+    let dials = args.num("dials", 200)?;
+    let secs = Duration::from_secs(args.num("secs", 10)?);
+    let source = |i: u64| -> std::net::IpAddr {
+        format!("{net}.{}", i % aliases + 1)
+            .parse()
+            .expect("an address")
+    };
+    let (open, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut raw = Vec::new();
+    for i in 0..connections {
+        let (ip, open, refused) = (source(i), open.clone(), refused.clone());
+        raw.push(tokio::spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind((ip, 0).into()).ok()?;
+            let Ok(mut stream) = socket.connect(target).await else {
+                refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            // Never speak; count the connection closed when the node closes it.
+            let mut byte = [0u8; 1];
+            let _ = stream.read(&mut byte).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+            refused.fetch_add(1, Ordering::Relaxed);
+            Some(())
+        }));
+    }
+    let target_addr: Multiaddr = format!("/ip4/{}/tcp/{}", target.ip(), target.port())
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let (dials_ok, dials_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut nodes = Vec::new();
+    for i in 0..aliases.min(dials) {
+        let listen: Multiaddr = format!("/ip4/{}/tcp/0", source(i)).parse().expect("addr");
+        let node = Node::<Echo>::new(
+            NodeConfig::listen_on(listen)
+                .with_private_addrs(true)
+                .with_dht(None),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        nodes.push(node);
+    }
+    let per_node = dials.div_ceil(nodes.len().max(1) as u64);
+    let dialers: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let (node, target, ok, no) = (
+                node.clone(),
+                target_addr.clone(),
+                dials_ok.clone(),
+                dials_refused.clone(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..per_node {
+                    match node.dial(target.clone()).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => no.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    println!("STARTED");
+    tokio::time::sleep(secs).await;
+    println!(
+        "FLOOD raw_open={} raw_refused={} dials_ok={} dials_refused={}",
+        open.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        dials_ok.load(Ordering::Relaxed),
+        dials_refused.load(Ordering::Relaxed),
+    );
+    raw.iter().for_each(|t| t.abort());
+    dialers.iter().for_each(|t| t.abort());
+    Ok(())
+}
+
 async fn dht(args: &Args) -> Result<(), String> {
-    let mut config = base_config(args)?;
-    if config.dht.is_none() {
-        config = config.with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)));
+    let mut args_dht = Args(args.0.clone());
+    args_dht.0.insert("dht".to_owned(), None);
+    let mut config = base_config(&args_dht)?;
+    if args.flag("client")
+        && let Some(dht) = config.dht.take()
+    {
+        config = config.with_dht(Some(dht.with_mode(DhtMode::Client)));
     }
     let node = Node::<Echo>::new(config).await.map_err(|e| e.to_string())?;
     let dht = node.dht();
-    let records = args.num("put", 100)?;
+    let records = args.num("put", 0)?;
+    let wanted = args.num("get", records)?;
     let rounds = args.num("rounds", 1)?;
     let interval = Duration::from_millis(args.num("interval-ms", 1000)?);
     // Joined once the routing table holds more than the bootstrap peer.
@@ -263,7 +367,7 @@ async fn dht(args: &Args) -> Result<(), String> {
     );
     for round in 0..rounds {
         let started = Instant::now();
-        let gets: Vec<(Option<bool>, Duration)> = stream::iter(0..records)
+        let gets: Vec<(Option<bool>, Duration)> = stream::iter(0..wanted)
             .map(|i| {
                 let dht = dht.clone();
                 async move {
@@ -273,7 +377,7 @@ async fn dht(args: &Args) -> Result<(), String> {
                     (fresh, t.elapsed())
                 }
             })
-            .buffer_unordered(10)
+            .buffer_unordered(32)
             .collect()
             .await;
         let ok = gets.iter().filter(|(g, _)| *g == Some(true)).count();
@@ -281,7 +385,7 @@ async fn dht(args: &Args) -> Result<(), String> {
         let mut latencies: Vec<Duration> = gets.iter().map(|(_, d)| *d).collect();
         latencies.sort();
         println!(
-            "GETS round={round} ok={ok} stale={stale} total={records} p95_ms={:.1}",
+            "GETS round={round} ok={ok} stale={stale} total={wanted} p95_ms={:.1}",
             percentile(&latencies, 95)
         );
         tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
@@ -302,6 +406,7 @@ async fn main() -> ExitCode {
         "serve" => serve(&args).await,
         "call" => call(&args).await,
         "dht" => dht(&args).await,
+        "flood" => flood(&args).await,
         other => Err(format!("unknown mode {other}")),
     };
     match outcome {
