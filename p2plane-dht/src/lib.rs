@@ -32,4 +32,4 @@ pub mod store;
 
 pub use config::{DhtConfig, DhtMode, RecordValidator};
 pub use state::{DhtCommand, DhtError, DhtState, FoundPeer, Quorum};
-pub use store::{DhtStore, PublisherQuota};
+pub use store::{DhtStore, PublisherQuota, StoreStats};

@@ -103,6 +103,10 @@ pub enum DhtCommand {
     GetProviders(Vec<u8>, Reply<HashSet<PeerId>>),
     /// How many peers the routing table holds.
     RoutingTableSize(oneshot::Sender<usize>),
+    /// The peers the routing table holds.
+    RoutingTablePeers(oneshot::Sender<Vec<PeerId>>),
+    /// What the local record store holds.
+    StoreStats(oneshot::Sender<crate::StoreStats>),
 }
 
 impl DhtCommand {
@@ -128,6 +132,12 @@ impl DhtCommand {
             }
             DhtCommand::RoutingTableSize(r) => {
                 let _ = r.send(0);
+            }
+            DhtCommand::RoutingTablePeers(r) => {
+                let _ = r.send(Vec::new());
+            }
+            DhtCommand::StoreStats(r) => {
+                let _ = r.send(crate::StoreStats::default());
             }
         }
     }
@@ -229,6 +239,16 @@ impl DhtState {
             DhtCommand::RoutingTableSize(reply) => {
                 let _ = reply.send(kad.kbuckets().map(|b| b.num_entries()).sum());
             }
+            DhtCommand::RoutingTablePeers(reply) => {
+                let peers = kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            DhtCommand::StoreStats(reply) => {
+                let _ = reply.send(kad.store_mut().stats());
+            }
         }
     }
 
@@ -250,8 +270,11 @@ impl DhtState {
                     },
             } => match self.check(record.key.as_ref(), &record.value) {
                 Ok(()) => {
-                    // Quotas are per publisher; a record naming none counts against its sender.
-                    record.publisher.get_or_insert(source);
+                    // Quotas are charged to the peer that sent the record (the connection's
+                    // handshake proved who that is), whatever publisher the record names: such
+                    // a claim cannot be checked, and would let one peer spread its records over
+                    // made-up publishers, or over this node's own id, which has no quota.
+                    record.publisher = Some(source);
                     if let Err(e) = kad.store_mut().put(record) {
                         tracing::debug!(%source, error = %e, "inbound record not stored");
                     }

@@ -110,6 +110,18 @@ fn run_writer(db: Database, ops: std::sync::mpsc::Receiver<Op>) {
     }
 }
 
+/// What a [`DhtStore`] holds (see `Dht::store_stats` in the `p2plane` facade).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Records held.
+    pub records: usize,
+    /// Publishers with records held (the node itself not counted).
+    pub publishers: usize,
+    /// Records held for the publisher with the most.
+    pub largest_publisher: usize,
+}
+
 /// A Kademlia record store with per-publisher quotas and optional persistence.
 pub struct DhtStore {
     local: PeerId,
@@ -311,6 +323,15 @@ impl DhtStore {
     /// Writes that were kept in memory only because the disk fell behind.
     pub fn skipped_writes(&self) -> u64 {
         self.disk.as_ref().map_or(0, |d| d.skipped)
+    }
+
+    /// What the store holds.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            records: self.memory.records().count(),
+            publishers: self.usage.len(),
+            largest_publisher: self.usage.values().map(|u| u.records).max().unwrap_or(0),
+        }
     }
 
     /// Records stored for `publisher`.

@@ -3,7 +3,7 @@ use std::{collections::HashSet, sync::Arc};
 use futures::channel::oneshot;
 use p2plane_core::{Multiaddr, PeerId};
 use p2plane_dht::DhtCommand;
-pub use p2plane_dht::{DhtConfig, DhtError, DhtMode, FoundPeer, Quorum};
+pub use p2plane_dht::{DhtConfig, DhtError, DhtMode, FoundPeer, Quorum, StoreStats};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
@@ -159,6 +159,27 @@ impl Dht {
         let key = key.into();
         self.ask("providers", |r| DhtCommand::GetProviders(key, r))
             .await
+    }
+
+    /// The peers the routing table holds (none without a DHT).
+    pub async fn routing_table_peers(&self) -> Result<Vec<PeerId>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Dht(DhtCommand::RoutingTablePeers(tx)))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
+    }
+
+    /// What the node's record store holds: records, publishers, the largest publisher's
+    /// share (all zero without a DHT).
+    pub async fn store_stats(&self) -> Result<StoreStats, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Dht(DhtCommand::StoreStats(tx)))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
     }
 
     /// How many peers the routing table holds (0 without a DHT).

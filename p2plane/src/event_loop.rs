@@ -23,6 +23,9 @@ use crate::{
     streams::{self, StreamEvent},
 };
 
+/// Listen addresses taken from one peer's identify message.
+const MAX_LISTEN_ADDRS: usize = 16;
+
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -276,7 +279,8 @@ impl EventLoop {
                     .kad_protocol
                     .as_ref()
                     .is_some_and(|kad| info.protocols.contains(kad));
-                for addr in info.listen_addrs {
+                // A peer may claim any number of addresses; the first few are plenty.
+                for addr in info.listen_addrs.into_iter().take(MAX_LISTEN_ADDRS) {
                     // Without this, routing tables never grow past the peers we dialed.
                     if speaks_kad
                         && (self.allow_private_addrs || !is_private(&addr))

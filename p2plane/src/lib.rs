@@ -71,7 +71,7 @@ mod streams;
 
 pub use client::Client;
 pub use config::{Identity, NodeConfig};
-pub use dht::{Dht, DhtConfig, DhtError, DhtMode, FoundPeer, Quorum};
+pub use dht::{Dht, DhtConfig, DhtError, DhtMode, FoundPeer, Quorum, StoreStats};
 pub use error::NodeError;
 pub use event::{Event, Events, InboundError};
 pub use layer::{RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer};
