@@ -41,20 +41,33 @@ fn addr(host: usize) -> String {
 
 /// Starts an echo server on `host` and waits until it listens.
 fn server(bed: &mut Bed, host: usize, extra: &[&str]) -> Proc {
+    server_with_id(bed, host, extra).0
+}
+
+/// [`server`], also returning the server's peer id.
+fn server_with_id(bed: &mut Bed, host: usize, extra: &[&str]) -> (Proc, String) {
     let mut cmd = bed.command(host, Path::new(BEDNODE));
     cmd.args(["serve", "--listen", &addr(host)]).args(extra);
     let mut proc = bed.spawn(cmd).expect("bednode starts");
-    proc.line_starting("READY", Duration::from_secs(30))
+    let ready = proc
+        .line_starting("READY", Duration::from_secs(30))
         .expect("the server is ready");
-    proc
+    let id = text_field(&ready, "peer").to_owned();
+    (proc, id)
+}
+
+/// The text of `key=value` in a result line.
+fn text_field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
 /// Parses `key=value` pairs of a result line.
 fn field(line: &str, key: &str) -> f64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    text_field(line, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {line:?} is not a number"))
 }
 
 #[test]
@@ -309,10 +322,15 @@ fn churn_with_restarts_from_persistent_peer_stores() {
             if bootstrap && host > 1 {
                 extra.extend(["--bootstrap", &first]);
             }
-            server(bed, host, &extra)
+            server_with_id(bed, host, &extra)
         };
+        let mut ids = Vec::new();
         let mut servers: Vec<Option<Proc>> = (1..HOSTS - 1)
-            .map(|host| Some(start(&mut bed, host, true)))
+            .map(|host| {
+                let (proc, id) = start(&mut bed, host, true);
+                ids.push(id);
+                Some(proc)
+            })
             .collect();
         let mut cmd = bed.command(HOSTS - 1, Path::new(BEDNODE));
         cmd.args(["dht", "--listen", &addr(HOSTS - 1), "--bootstrap", &addr(1)])
@@ -337,14 +355,15 @@ fn churn_with_restarts_from_persistent_peer_stores() {
         let mut prober = bed.spawn(cmd).expect("prober starts");
 
         let (mut ok, mut lookups, mut p95s, mut kills) = (0.0, 0.0, Vec::new(), 0);
-        let mut rejoins = 0;
+        let (mut rejoins, mut table_entries, mut dead_entries) = (0, 0, 0);
         let mut down: Option<usize> = None;
         for round in 0..total_rounds {
             if round % 5 == 4 {
                 // Restart the one killed last (from its key and peer store, without the
                 // bootstrap address), and kill another.
                 if let Some(host) = down.take() {
-                    let mut restarted = start(&mut bed, host, false);
+                    let (mut restarted, id) = start(&mut bed, host, false);
+                    assert_eq!(id, ids[host - 1], "a restarted node keeps its id");
                     // It finds its way back through the peers its store remembers.
                     let rejoined = (0..30).any(|_| {
                         restarted
@@ -366,16 +385,24 @@ fn churn_with_restarts_from_persistent_peer_stores() {
             ok += field(&line, "ok");
             lookups += field(&line, "total");
             p95s.push(field(&line, "p95_ms"));
+            let table: Vec<&str> = text_field(&line, "table").split(',').collect();
+            let dead = down.map_or(0, |host| {
+                table.iter().filter(|p| **p == ids[host - 1]).count()
+            });
+            table_entries += table.len();
+            dead_entries += dead;
         }
         p95s.sort_by(f64::total_cmp);
         let success = 100.0 * ok / lookups;
         println!(
             "FIGURE churn: {HOSTS} hosts, {kills} kill -9 ({rejoins} restarted, each reconnected \
              from its peer store alone) in {minutes} min ({:.0}% of the servers per minute), {RECORDS} records (replication \
-             5): {ok}/{lookups} gets ok ({success:.2}%), p95 per round: median {} ms, worst {} ms",
+             5): {ok}/{lookups} gets ok ({success:.2}%), p95 per round: median {} ms, worst {} ms; \
+             the prober's routing table: {:.1}% of its entries dead (averaged over rounds)",
             100.0 * kills as f64 / minutes as f64 / (HOSTS - 2) as f64,
             p95s[p95s.len() / 2],
             p95s[p95s.len() - 1],
+            100.0 * dead_entries as f64 / table_entries.max(1) as f64,
         );
         assert!(success >= 99.0, "{success}%");
     });

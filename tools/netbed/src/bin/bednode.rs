@@ -14,7 +14,8 @@
 //!             [--interval-ms I] [--query-timeout-ms T] [--client]
 //!     Joins the DHT (as a server, or a client that stores nothing for others), puts N
 //!     records (`key-i` -> `value-i`), then every interval gets `key-0..M` (default N; 32 at
-//!     a time) and prints `GETS round=.. ok=.. stale=.. total=.. p95_ms=..`, R times.
+//!     a time) and prints `GETS round=.. ok=.. stale=.. total=.. p95_ms=.. table=ID,..`
+//!     (the routing table's peers), R times.
 //! bednode flood --net 10.77.9 --aliases A --target IP:PORT --connections C --dials D
 //!               --secs S
 //!     From A addresses `NET.1..A` (one /24, already on the host): C raw TCP connections
@@ -384,9 +385,17 @@ async fn dht(args: &Args) -> Result<(), String> {
         let stale = gets.iter().filter(|(g, _)| *g == Some(false)).count();
         let mut latencies: Vec<Duration> = gets.iter().map(|(_, d)| *d).collect();
         latencies.sort();
+        let table: Vec<String> = dht
+            .routing_table_peers()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         println!(
-            "GETS round={round} ok={ok} stale={stale} total={wanted} p95_ms={:.1}",
-            percentile(&latencies, 95)
+            "GETS round={round} ok={ok} stale={stale} total={wanted} p95_ms={:.1} table={}",
+            percentile(&latencies, 95),
+            table.join(",")
         );
         tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
     }
