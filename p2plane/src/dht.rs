@@ -163,30 +163,28 @@ impl Dht {
 
     /// The peers the routing table holds (none without a DHT).
     pub async fn routing_table_peers(&self) -> Result<Vec<PeerId>, DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Dht(DhtCommand::RoutingTablePeers(tx)))
-            .await
-            .map_err(|_| DhtError::Shutdown)?;
-        rx.await.map_err(|_| DhtError::Shutdown)
+        self.read(DhtCommand::RoutingTablePeers).await
     }
 
     /// What the node's record store holds: records, publishers, the largest publisher's
     /// share (all zero without a DHT).
     pub async fn store_stats(&self) -> Result<StoreStats, DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Dht(DhtCommand::StoreStats(tx)))
-            .await
-            .map_err(|_| DhtError::Shutdown)?;
-        rx.await.map_err(|_| DhtError::Shutdown)
+        self.read(DhtCommand::StoreStats).await
     }
 
     /// How many peers the routing table holds (0 without a DHT).
     pub async fn routing_table_size(&self) -> Result<usize, DhtError> {
+        self.read(DhtCommand::RoutingTableSize).await
+    }
+
+    /// Asks the event loop for a piece of local state (no network query, no span).
+    async fn read<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> DhtCommand,
+    ) -> Result<T, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Dht(DhtCommand::RoutingTableSize(tx)))
+            .send(Command::Dht(make(tx)))
             .await
             .map_err(|_| DhtError::Shutdown)?;
         rx.await.map_err(|_| DhtError::Shutdown)

@@ -191,6 +191,34 @@ fn dht_servers(bed: &mut Bed, n: usize) -> Vec<Proc> {
         .collect()
 }
 
+/// The second-to-last host puts `records` records (into the DHT servers' stores) and
+/// leaves; the last host, a DHT client that stores nothing itself, then gets them all every
+/// `interval_ms`. Returns the client.
+fn put_then_probe(bed: &mut Bed, records: u32, interval_ms: u32, timeout_ms: u32) -> Proc {
+    let (putter, prober) = (bed.hosts() - 1, bed.hosts());
+    let mut cmd = bed.command(putter, Path::new(BEDNODE));
+    let putter_addr = format!("/ip4/{}/tcp/{}", Bed::ip(putter), PORT + 1);
+    cmd.args(["dht", "--listen", &putter_addr, "--bootstrap", &addr(1)])
+        .args(["--put", &records.to_string(), "--rounds", "0"]);
+    let put = bed
+        .spawn(cmd)
+        .expect("putter starts")
+        .line_starting("PUT", Duration::from_secs(120))
+        .expect("the records were put");
+    assert_eq!(field(&put, "ok"), f64::from(records), "{put}");
+    let mut cmd = bed.command(prober, Path::new(BEDNODE));
+    cmd.args(["dht", "--client", "--listen", &addr(prober)])
+        .args(["--bootstrap", &addr(1), "--get", &records.to_string()])
+        .args([
+            "--rounds",
+            "100000",
+            "--interval-ms",
+            &interval_ms.to_string(),
+        ])
+        .args(["--query-timeout-ms", &timeout_ms.to_string()]);
+    bed.spawn(cmd).expect("prober starts")
+}
+
 /// Reads the prober's rounds until one has at least 99% of gets right; returns how long
 /// that took and the stale values seen meanwhile.
 fn until_recovered(prober: &mut Proc, records: f64) -> (Duration, f64) {
@@ -230,30 +258,7 @@ fn partition_and_heal() {
         const RECORDS: u32 = 20;
         let mut bed = Bed::new(HOSTS).expect("test bed");
         let _servers = dht_servers(&mut bed, HOSTS - 1);
-        // Host 11 puts the records (into the servers' stores) and leaves; host 12, a DHT
-        // client that stores nothing itself, reads them.
-        let mut cmd = bed.command(HOSTS - 1, Path::new(BEDNODE));
-        let putter_addr = format!("/ip4/{}/tcp/{}", Bed::ip(HOSTS - 1), PORT + 1);
-        cmd.args(["dht", "--listen", &putter_addr, "--bootstrap", &addr(1)])
-            .args(["--put", &RECORDS.to_string(), "--rounds", "0"]);
-        let put = bed
-            .spawn(cmd)
-            .expect("putter starts")
-            .line_starting("PUT", Duration::from_secs(120))
-            .expect("the records were put");
-        assert_eq!(field(&put, "ok"), f64::from(RECORDS), "{put}");
-        let mut cmd = bed.command(HOSTS, Path::new(BEDNODE));
-        cmd.args([
-            "dht",
-            "--client",
-            "--listen",
-            &addr(HOSTS),
-            "--bootstrap",
-            &addr(1),
-        ])
-        .args(["--get", &RECORDS.to_string(), "--rounds", "100000"])
-        .args(["--interval-ms", "1000", "--query-timeout-ms", "2000"]);
-        let mut prober = bed.spawn(cmd).expect("prober starts");
+        let mut prober = put_then_probe(&mut bed, RECORDS, 1000, 2000);
         let records = f64::from(RECORDS);
         let before = rounds(&mut prober, 3, records);
 
@@ -332,27 +337,7 @@ fn churn_with_restarts_from_persistent_peer_stores() {
                 Some(proc)
             })
             .collect();
-        let mut cmd = bed.command(HOSTS - 1, Path::new(BEDNODE));
-        cmd.args(["dht", "--listen", &addr(HOSTS - 1), "--bootstrap", &addr(1)])
-            .args(["--put", &RECORDS.to_string(), "--rounds", "0"]);
-        let put = bed
-            .spawn(cmd)
-            .expect("putter starts")
-            .line_starting("PUT", Duration::from_secs(120))
-            .expect("the records were put");
-        assert_eq!(field(&put, "ok"), f64::from(RECORDS), "{put}");
-        let mut cmd = bed.command(HOSTS, Path::new(BEDNODE));
-        cmd.args([
-            "dht",
-            "--client",
-            "--listen",
-            &addr(HOSTS),
-            "--bootstrap",
-            &addr(1),
-        ])
-        .args(["--get", &RECORDS.to_string(), "--rounds", "100000"])
-        .args(["--interval-ms", "2000", "--query-timeout-ms", "3000"]);
-        let mut prober = bed.spawn(cmd).expect("prober starts");
+        let mut prober = put_then_probe(&mut bed, RECORDS, 2000, 3000);
 
         let (mut ok, mut lookups, mut p95s, mut kills) = (0.0, 0.0, Vec::new(), 0);
         let (mut rejoins, mut table_entries, mut dead_entries) = (0, 0, 0);
