@@ -129,6 +129,43 @@ impl DhtConfig {
         self
     }
 
+    /// Sets how many lookups a query keeps in flight (alpha).
+    #[must_use]
+    pub fn with_parallelism(mut self, alpha: NonZeroUsize) -> Self {
+        self.parallelism = alpha;
+        self
+    }
+
+    /// Sets how long records live; `None` keeps them until the store evicts them.
+    #[must_use]
+    pub fn with_record_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.record_ttl = ttl;
+        self
+    }
+
+    /// Sets how long provider records live; `None` keeps them until the store evicts them.
+    #[must_use]
+    pub fn with_provider_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.provider_ttl = ttl;
+        self
+    }
+
+    /// Sets how often the routing table is refreshed; `None` turns periodic refresh off
+    /// (a node still refreshes when its table holds fewer than k peers).
+    #[must_use]
+    pub fn with_bootstrap_interval(mut self, interval: Option<Duration>) -> Self {
+        self.bootstrap_interval = interval;
+        self
+    }
+
+    /// Sets how many records the node keeps in all, and the largest value it accepts.
+    #[must_use]
+    pub fn with_store_limits(mut self, max_records: usize, max_value_bytes: usize) -> Self {
+        self.max_records = max_records;
+        self.max_value_bytes = max_value_bytes;
+        self
+    }
+
     /// Keeps the record store in the redb file at `path` as well as in memory.
     #[must_use]
     pub fn with_record_store(mut self, path: impl Into<PathBuf>) -> Self {
