@@ -557,6 +557,28 @@ fn main() {
         });
         return;
     }
+    if std::env::args().any(|a| a == "--setup-only") {
+        // Only the connection-setup row, 15 interleaved rounds, for comparing changes to it.
+        let runtime = runtime();
+        runtime.block_on(async {
+            for (transport, listen) in [
+                ("tcp", "/ip4/127.0.0.1/tcp/0"),
+                ("quic", "/ip4/127.0.0.1/udp/0/quic-v1"),
+            ] {
+                let (mut ours, mut stock) = (Vec::new(), Vec::new());
+                for _ in 0..15 {
+                    stock.push(setup_stock(listen).await);
+                    ours.push(setup_p2plane(listen).await);
+                }
+                let (ours, stock) = (median(ours), median(stock));
+                println!(
+                    "{transport}: setup to first answer {ours:.0} µs, stock {stock:.0} µs ({:.2}x)",
+                    ours / stock
+                );
+            }
+        });
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 1 } else { 5 };
     let counts = if quick {
