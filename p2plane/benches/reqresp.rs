@@ -557,6 +557,27 @@ fn main() {
         });
         return;
     }
+    if std::env::args().any(|a| a == "--profile-small") {
+        // Only P2PLane's 64-in-flight small requests over TCP, for a profiler.
+        let runtime = runtime();
+        runtime.block_on(async {
+            let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
+            let counts = Counts {
+                sequential: 10,
+                in_flight_total: 300_000,
+                large: 0,
+            };
+            let s = measure(&caller, &counts).await;
+            println!(
+                "{:.0} req/s, {:.2} µs CPU per request",
+                s.rps_64, s.cpu_us_per_req
+            );
+            for n in nodes {
+                n.shutdown().await;
+            }
+        });
+        return;
+    }
     if std::env::args().any(|a| a == "--setup-only") {
         // Only the connection-setup row, 15 interleaved rounds, for comparing changes to it.
         let runtime = runtime();

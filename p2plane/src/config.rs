@@ -71,6 +71,12 @@ pub struct NodeConfig {
     /// An answer must be taken by the peer within this time, or the stream is closed (a peer
     /// that never reads). Default 10 s.
     pub write_timeout: Duration,
+    /// How often each connection is pinged. A connection whose pings fail (time out or
+    /// error) twice in a row is closed, so that requests redial instead of waiting on a
+    /// connection whose peer vanished without closing it. Default 15 s.
+    pub ping_interval: Duration,
+    /// How long a ping may wait for its answer. Default 20 s.
+    pub ping_timeout: Duration,
     /// Transport settings (connection timeouts).
     pub transport: TransportConfig,
     /// Connection limits.
@@ -128,6 +134,8 @@ impl fmt::Debug for NodeConfig {
             )
             .field("read_timeout", &self.read_timeout)
             .field("write_timeout", &self.write_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
             .field("transport", &self.transport)
             .field("limits", &self.limits)
             .field("allow_private_addrs", &self.allow_private_addrs)
@@ -159,6 +167,8 @@ impl Default for NodeConfig {
             max_inbound_bytes_per_peer: 16 << 20,
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(20),
             transport: TransportConfig::default(),
             limits: Limits::default(),
             peer_store: Arc::new(MemoryPeerStore::default()),
@@ -208,6 +218,15 @@ impl NodeConfig {
     #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets how often connections are pinged and how long a ping may take; two failed pings
+    /// in a row close the connection (see [`NodeConfig::ping_interval`]).
+    #[must_use]
+    pub fn with_ping(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.ping_interval = interval;
+        self.ping_timeout = timeout;
         self
     }
 

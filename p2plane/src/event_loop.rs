@@ -265,6 +265,17 @@ impl EventLoop {
                     error: InboundError::Overloaded,
                 });
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(failure),
+            })) if !matches!(failure, ping::Failure::Unsupported) => {
+                // libp2p reports a ping failure from the second in a row on: the peer is gone
+                // or the connection is stuck. Close it, so that requests redial rather than
+                // wait on it until their own timeouts.
+                tracing::debug!(%peer, %failure, "pings failing: closing the connection");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -179,6 +179,7 @@ impl<P: Protocol> Node<P> {
             ),
             None => None,
         };
+        let (ping_interval, ping_timeout) = (config.ping_interval, config.ping_timeout);
         let mut swarm =
             build_swarm(keypair, &config.transport, move |key| Behaviour {
                 gate,
@@ -189,7 +190,11 @@ impl<P: Protocol> Node<P> {
                     identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
                         .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(ping_interval)
+                        .with_timeout(ping_timeout),
+                ),
                 kad: Toggle::from(dht_config.as_ref().zip(dht_store).map(|(dht, store)| {
                     dht.behaviour_with_store(key.public().to_peer_id(), store)
                 })),
