@@ -447,6 +447,12 @@ impl<P: Protocol> Node<P> {
     }
 
     /// Subscribes to the node's events from now on.
+    ///
+    /// The node is already running when [`Node::new`] returns (it listens, dials its
+    /// bootstrap peer, and may discover peers by mDNS), so events can precede the first
+    /// subscription. To act on something that may already have happened, subscribe first,
+    /// then read the state ([`Node::peer_store`], [`Node::connected_peers`]), then wait on
+    /// the events.
     pub fn events(&self) -> Events {
         Events::new(self.shared.events.subscribe())
     }
