@@ -564,7 +564,11 @@ fn main() {
             let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
             let counts = Counts {
                 sequential: 10,
-                in_flight_total: 300_000,
+                // Fewer under callgrind: `PROFILE_REQUESTS=20000`.
+                in_flight_total: std::env::var("PROFILE_REQUESTS")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(300_000),
                 large: 0,
             };
             let s = measure(&caller, &counts).await;

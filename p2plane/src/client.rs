@@ -168,7 +168,10 @@ async fn exchange<P: Protocol>(
     peer: PeerId,
     frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
-    find_unknown_peer(shared, peer).await;
+    if needs_lookup(shared, peer) {
+        // Rare, and a large future: boxed, so that every request does not carry its size.
+        Box::pin(find_unknown_peer(shared, peer)).await;
+    }
     let limit = shared.codec.max_message_size();
     let shared_stream = shared.config.multiplex && shared.mux.speaks_mux(peer, &protocols.mux);
     let bytes = if shared_stream {
@@ -188,12 +191,12 @@ async fn exchange<P: Protocol>(
             // A peer without the shared form: a stream per request from now on.
             Err(Error::UnsupportedProtocol { .. }) => {
                 shared.mux.mark_no_mux(peer, protocols.mux.clone());
-                single(shared, &protocols.plain, peer, frame).await?
+                Box::pin(single(shared, &protocols.plain, peer, frame)).await?
             }
             other => other?,
         }
     } else {
-        single(shared, &protocols.plain, peer, frame).await?
+        Box::pin(single(shared, &protocols.plain, peer, frame)).await?
     };
     let envelope: Envelope<P::Response> =
         shared.codec.decode(&bytes).map_err(|e| Error::Protocol {
@@ -213,14 +216,14 @@ async fn exchange<P: Protocol>(
 
 /// A peer we are not connected to and know no address for is looked up in the DHT first,
 /// so a request can reach a peer never met. Failures are left to the dial that follows.
+fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
+    shared.config.dht.is_some()
+        && !shared.control.is_connected(&peer)
+        && shared.config.peer_store.addresses(&peer).is_empty()
+}
+
 async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
     let store = &shared.config.peer_store;
-    if shared.config.dht.is_none()
-        || shared.control.is_connected(&peer)
-        || !store.addresses(&peer).is_empty()
-    {
-        return;
-    }
     if let Ok(addrs) = crate::Dht::new(shared.commands.clone(), shared.metrics.clone())
         .find_peer(peer)
         .await
