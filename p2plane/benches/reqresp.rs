@@ -537,12 +537,21 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Runs `body` on a P2PLane client and server over TCP, for a profiler.
+fn profile(body: impl AsyncFnOnce(&Caller)) {
+    runtime().block_on(async {
+        let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
+        body(&caller).await;
+        for n in nodes {
+            n.shutdown().await;
+        }
+    });
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--profile-large") {
         // Only P2PLane's 1 MiB transfers over TCP, for a profiler.
-        let runtime = runtime();
-        runtime.block_on(async {
-            let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
+        profile(async |caller| {
             let t = Instant::now();
             for i in 0..400 {
                 caller.call(msg(i, LARGE)).await;
@@ -551,17 +560,12 @@ fn main() {
                 "{:.1} MB/s",
                 400.0 * LARGE as f64 / t.elapsed().as_secs_f64() / 1e6
             );
-            for n in nodes {
-                n.shutdown().await;
-            }
         });
         return;
     }
     if std::env::args().any(|a| a == "--profile-small") {
         // Only P2PLane's 64-in-flight small requests over TCP, for a profiler.
-        let runtime = runtime();
-        runtime.block_on(async {
-            let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
+        profile(async |caller| {
             let counts = Counts {
                 sequential: 10,
                 // Fewer under callgrind: `PROFILE_REQUESTS=20000`.
@@ -571,14 +575,11 @@ fn main() {
                     .unwrap_or(300_000),
                 large: 0,
             };
-            let s = measure(&caller, &counts).await;
+            let s = measure(caller, &counts).await;
             println!(
                 "{:.0} req/s, {:.2} µs CPU per request",
                 s.rps_64, s.cpu_us_per_req
             );
-            for n in nodes {
-                n.shutdown().await;
-            }
         });
         return;
     }

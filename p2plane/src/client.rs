@@ -214,14 +214,16 @@ async fn exchange<P: Protocol>(
     }
 }
 
-/// A peer we are not connected to and know no address for is looked up in the DHT first,
-/// so a request can reach a peer never met. Failures are left to the dial that follows.
+/// A peer we are not connected to and know no address for is looked up in the DHT first
+/// ([`find_unknown_peer`]), so a request can reach a peer never met.
 fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
     shared.config.dht.is_some()
         && !shared.control.is_connected(&peer)
         && shared.config.peer_store.addresses(&peer).is_empty()
 }
 
+/// Looks `peer` up in the DHT and stores the addresses found. Failures are left to the dial
+/// that follows.
 async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
     let store = &shared.config.peer_store;
     if let Ok(addrs) = crate::Dht::new(shared.commands.clone(), shared.metrics.clone())
