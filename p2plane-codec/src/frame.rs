@@ -35,7 +35,8 @@ impl FrameBuf {
     /// Encodes `value` with `codec` into a frame. Fails with [`CodecError::TooLarge`] when the
     /// encoding exceeds the codec's limit: nothing has been sent then.
     pub fn encode<C: Codec, T: Serialize>(codec: &C, value: &T) -> Result<Self, CodecError> {
-        let mut buf = Vec::with_capacity(64);
+        // Room for the head and a small message: most frames never reallocate.
+        let mut buf = Vec::with_capacity(256);
         buf.resize(HEAD, 0);
         codec.encode(value, &mut buf)?;
         let mut frame = Self { buf, start: HEAD };
@@ -131,20 +132,7 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
     io: &mut R,
     len: u64,
 ) -> Result<Vec<u8>, FrameError> {
-    // Memory follows what arrives, not what is announced: the first 64 KiB first; once they
-    // are in, the peer is really sending, and the rest is reserved in one piece.
-    const FIRST_CHUNK: usize = 64 * 1024;
-    let first = usize::try_from(len).unwrap_or(usize::MAX).min(FIRST_CHUNK);
-    let mut payload = Vec::with_capacity(first);
-    let mut limited = io.take(len);
-    (&mut limited)
-        .take(first as u64)
-        .read_to_end(&mut payload)
-        .await?;
-    if payload.len() == first && (first as u64) < len {
-        payload.reserve_exact(len as usize - first);
-        limited.read_to_end(&mut payload).await?;
-    }
+    let payload = read_exactly(io, len).await?;
     if (payload.len() as u64) < len {
         return Err(CodecError::Truncated {
             expected: len,
@@ -153,6 +141,37 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
         .into());
     }
     Ok(payload)
+}
+
+/// Reads `len` bytes, or fewer if the stream ends first (the caller reports the
+/// truncation). Memory follows what arrives, not what is announced: at most the first
+/// 64 KiB are reserved before any byte is in; once they are, the peer is really sending, and
+/// the rest is reserved in one piece. The buffer is never reallocated for a body that fits
+/// the first piece, and never zeroed twice (`read_to_end` did both: it grows a full buffer to
+/// probe for the end, which a body of known length does not need).
+async fn read_exactly<R: AsyncRead + Unpin>(io: &mut R, len: u64) -> io::Result<Vec<u8>> {
+    const FIRST_CHUNK: usize = 64 * 1024;
+    // Callers have checked `len` against a limit that fits in memory.
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut buf = vec![0; len.min(FIRST_CHUNK)];
+    let mut filled = 0;
+    loop {
+        while filled < buf.len() {
+            match io.read(&mut buf[filled..]).await {
+                Ok(0) => {
+                    buf.truncate(filled);
+                    return Ok(buf);
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == len {
+            return Ok(buf);
+        }
+        buf.resize(len, 0);
+    }
 }
 
 /// One frame read from a shared (multiplexed) stream.
@@ -192,8 +211,7 @@ impl SharedHead {
     /// Reads the value that follows this head.
     pub async fn read_body<R: AsyncRead + Unpin>(&self, io: &mut R) -> Result<Vec<u8>, FrameError> {
         let rest = self.body_len;
-        let mut body = Vec::with_capacity(usize::try_from(rest).unwrap_or(0).min(16 * 1024));
-        io.take(rest).read_to_end(&mut body).await?;
+        let body = read_exactly(io, rest).await?;
         if (body.len() as u64) < rest {
             return Err(CodecError::Truncated {
                 expected: self.len,
@@ -441,6 +459,78 @@ mod tests {
             err,
             FrameError::Codec(CodecError::Truncated { .. })
         ));
+    }
+
+    /// Hands out at most 7 bytes per read, and an `Interrupted` error before every third.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        reads: usize,
+    }
+
+    impl futures::AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.reads += 1;
+            if self.reads.is_multiple_of(3) {
+                return std::task::Poll::Ready(Err(io::ErrorKind::Interrupted.into()));
+            }
+            let n = buf.len().min(7).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn bodies_are_read_whole_or_reported_truncated_on_both_sides_of_the_first_chunk() {
+        for len in [0usize, 1, 65_535, 65_536, 65_537, 200_000] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut io = Trickle {
+                bytes: &body,
+                reads: 0,
+            };
+            let read = block_on(read_frame_body(&mut io, len as u64)).unwrap();
+            assert!(read == body, "frame body of {len} bytes");
+            let head = SharedHead {
+                id: 3,
+                len: len as u64 + 1,
+                body_len: len as u64,
+            };
+            let mut io = Trickle {
+                bytes: &body,
+                reads: 0,
+            };
+            assert!(
+                block_on(head.read_body(&mut io)).unwrap() == body,
+                "shared body of {len}"
+            );
+            if len == 0 {
+                continue;
+            }
+            let mut io = Trickle {
+                bytes: &body[..len - 1],
+                reads: 0,
+            };
+            let err = block_on(read_frame_body(&mut io, len as u64)).unwrap_err();
+            assert!(
+                matches!(err, FrameError::Codec(CodecError::Truncated { expected, got })
+                    if expected == len as u64 && got == len as u64 - 1),
+                "{len}: {err:?}"
+            );
+            let mut io = Trickle {
+                bytes: &body[..len - 1],
+                reads: 0,
+            };
+            let err = block_on(head.read_body(&mut io)).unwrap_err();
+            assert!(
+                matches!(err, FrameError::Codec(CodecError::Truncated { expected, got })
+                    if expected == len as u64 + 1 && got == len as u64),
+                "{len}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -359,7 +359,8 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
     handler: H,
 ) {
     let peer_budget = ctx.budget.peer(peer);
-    let (mut reader, mut writer) = stream.split();
+    let (reader, mut writer) = stream.split();
+    let mut reader = futures::io::BufReader::with_capacity(crate::mux::READ_BUFFER, reader);
     // Answers on their way out, each with the budget it holds until written.
     let (answers, mut outgoing) = mpsc::channel::<(FrameBuf, Option<Charge>)>(1024);
     let read = {
