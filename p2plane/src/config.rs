@@ -77,6 +77,11 @@ pub struct NodeConfig {
     pub ping_interval: Duration,
     /// How long a ping may wait for its answer. Default 20 s.
     pub ping_timeout: Duration,
+    /// How long identify and ping wait on a new connection before their first exchange, so
+    /// that their streams do not compete with the connection's first requests. Peers learn
+    /// each other's protocols and addresses (and the DHT's routing tables grow) this much
+    /// later. Zero starts both at once, as libp2p does. Default 20 ms.
+    pub identify_delay: Duration,
     /// Transport settings (connection timeouts).
     pub transport: TransportConfig,
     /// Connection limits.
@@ -136,6 +141,7 @@ impl fmt::Debug for NodeConfig {
             .field("write_timeout", &self.write_timeout)
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
+            .field("identify_delay", &self.identify_delay)
             .field("transport", &self.transport)
             .field("limits", &self.limits)
             .field("allow_private_addrs", &self.allow_private_addrs)
@@ -169,6 +175,7 @@ impl Default for NodeConfig {
             write_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(20),
+            identify_delay: Duration::from_millis(20),
             transport: TransportConfig::default(),
             limits: Limits::default(),
             peer_store: Arc::new(MemoryPeerStore::default()),
@@ -227,6 +234,14 @@ impl NodeConfig {
     pub fn with_ping(mut self, interval: Duration, timeout: Duration) -> Self {
         self.ping_interval = interval;
         self.ping_timeout = timeout;
+        self
+    }
+
+    /// Sets how long identify and ping wait on a new connection before their first exchange
+    /// (see [`NodeConfig::identify_delay`]).
+    #[must_use]
+    pub fn with_identify_delay(mut self, delay: Duration) -> Self {
+        self.identify_delay = delay;
         self
     }
 

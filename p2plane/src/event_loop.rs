@@ -16,6 +16,7 @@ use p2plane_transport::libp2p::connection_limits;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
+    delayed::Delayed,
     event::{Event, InboundError},
     gate::{Gate, is_private},
     peer_table::PeerTable,
@@ -33,8 +34,8 @@ pub(crate) struct Behaviour {
     pub(crate) gate: Gate,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) streams: streams::Behaviour,
-    pub(crate) identify: identify::Behaviour,
-    pub(crate) ping: ping::Behaviour,
+    pub(crate) identify: Delayed<identify::Behaviour>,
+    pub(crate) ping: Delayed<ping::Behaviour>,
     pub(crate) kad: Toggle<kad::Behaviour<p2plane_dht::DhtStore>>,
     pub(crate) gossipsub: Toggle<gossipsub::Behaviour>,
     pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,

@@ -55,6 +55,7 @@
 mod budget;
 mod client;
 mod config;
+mod delayed;
 mod dht;
 mod error;
 mod event;

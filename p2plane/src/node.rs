@@ -20,6 +20,7 @@ use tower_service::Service;
 
 use crate::{
     Client, ConnectedPeers, Identity, NodeConfig, NodeError,
+    delayed::Delayed,
     event::{Event, Events},
     event_loop::{Behaviour, Command, EventLoop, error_chain},
     gate::Gate,
@@ -179,21 +180,31 @@ impl<P: Protocol> Node<P> {
             ),
             None => None,
         };
-        let (ping_interval, ping_timeout) = (config.ping_interval, config.ping_timeout);
+        let (ping_interval, ping_timeout, identify_delay) = (
+            config.ping_interval,
+            config.ping_timeout,
+            config.identify_delay,
+        );
         let mut swarm =
             build_swarm(keypair, &config.transport, move |key| Behaviour {
                 gate,
                 limits,
                 ip_limits,
                 streams,
-                identify: identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                        .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
+                identify: Delayed::new(
+                    identify::Behaviour::new(
+                        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                            .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    identify_delay,
                 ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(ping_interval)
-                        .with_timeout(ping_timeout),
+                ping: Delayed::new(
+                    ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(ping_interval)
+                            .with_timeout(ping_timeout),
+                    ),
+                    identify_delay,
                 ),
                 kad: Toggle::from(dht_config.as_ref().zip(dht_store).map(|(dht, store)| {
                     dht.behaviour_with_store(key.public().to_peer_id(), store)
