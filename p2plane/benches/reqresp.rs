@@ -298,8 +298,8 @@ async fn stock_pair(listen: &str) -> (Caller, Vec<tokio::task::JoinHandle<()>>) 
 /// CPU clock: nanoseconds, where `/proc/self/stat` counts 10 ms ticks (0.5 µs per request
 /// over a 20,000-request run).
 fn cpu_seconds() -> f64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
 
 struct Sample {

@@ -166,9 +166,13 @@ const INITIAL_CAPACITY: usize = 8 * 1024;
 // this type). A nested read on the same thread (an inner reader that is itself a
 // `FramedRead`) finds the buffer taken and falls back to a stack array.
 std::thread_local! {
-    static READ_BUFFER: std::cell::RefCell<Box<[u8; INITIAL_CAPACITY]>> =
-        std::cell::RefCell::new(Box::new([0; INITIAL_CAPACITY]));
+    static READ_BUFFER: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SHARED_READ].into_boxed_slice());
 }
+
+// The shared buffer is zeroed once, so it can be as large as a Noise frame (64 KiB): one
+// read of the socket takes a whole frame where an 8 KiB buffer took eight.
+const SHARED_READ: usize = 64 * 1024;
 
 /// Reads once from `inner` and appends what it read to `buffer`.
 fn read_into<T: AsyncRead>(
