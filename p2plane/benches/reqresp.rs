@@ -527,10 +527,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Runs `body` on a P2PLane client and server over TCP, for a profiler.
+/// Runs `body` on a P2PLane client and server, for a profiler: over TCP, or over QUIC with
+/// `PROFILE_TRANSPORT=quic`.
 fn profile(body: impl AsyncFnOnce(&Caller)) {
+    let listen = match std::env::var("PROFILE_TRANSPORT").as_deref() {
+        Ok("quic") => "/ip4/127.0.0.1/udp/0/quic-v1",
+        _ => "/ip4/127.0.0.1/tcp/0",
+    };
     runtime().block_on(async {
-        let (caller, nodes) = p2plane_pair("/ip4/127.0.0.1/tcp/0").await;
+        let (caller, nodes) = p2plane_pair(listen).await;
         body(&caller).await;
         for n in nodes {
             n.shutdown().await;
@@ -540,7 +545,7 @@ fn profile(body: impl AsyncFnOnce(&Caller)) {
 
 fn main() {
     if std::env::args().any(|a| a == "--profile-large") {
-        // Only P2PLane's 1 MiB transfers over TCP, for a profiler.
+        // Only P2PLane's 1 MiB transfers, for a profiler.
         profile(async |caller| {
             let t = Instant::now();
             for i in 0..400 {
@@ -554,7 +559,7 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--profile-small") {
-        // Only P2PLane's 64-in-flight small requests over TCP, for a profiler.
+        // Only P2PLane's 64-in-flight small requests, for a profiler.
         profile(async |caller| {
             let counts = Counts {
                 sequential: 10,
