@@ -8,6 +8,11 @@
 //! cargo bench -p p2plane --bench reqresp -- --quick  # 1 round, fewer requests
 //! ```
 //!
+//! For profiling one path: `-- --profile-small` (P2PLane's 64-in-flight row alone;
+//! `PROFILE_REQUESTS=N`, `PROFILE_TRANSPORT=quic`), `-- --profile-large` (1 MiB), and
+//! `-- --setup-only` (the setup row, with the dial's share; `--in-task` runs the callers on
+//! a runtime worker instead of the main thread).
+//!
 //! Prints one JSON object per row on stdout (`{"transport":..,"metric":..,"p2plane":..,
 //! "stock":..,"ratio":..,"raw_tcp":..}`), then a table. `ratio` is p2plane / stock; for
 //! requests/s and MB/s higher is better, for latencies lower is better.
@@ -457,9 +462,25 @@ fn median_us(mut times: Vec<Duration>) -> f64 {
     times[times.len() / 2].as_secs_f64() * 1e6
 }
 
+/// Medians of a round of connection setups: to the first answer, and to the end of the dial.
+#[derive(Clone, Copy)]
+struct Setup {
+    answer_us: f64,
+    dial_us: f64,
+}
+
+impl Setup {
+    fn of(dials: Vec<Duration>, answers: Vec<Duration>) -> Self {
+        Self {
+            answer_us: median_us(answers),
+            dial_us: median_us(dials),
+        }
+    }
+}
+
 /// From dialing a server to holding its first answer, for fresh P2PLane nodes (created
 /// before the clock starts).
-async fn setup_p2plane(listen: &str) -> f64 {
+async fn setup_p2plane(listen: &str) -> Setup {
     let config = || NodeConfig::listen_on(listen.parse().unwrap());
     let server = Node::<Msg>::new(config()).await.unwrap();
     server
@@ -468,11 +489,12 @@ async fn setup_p2plane(listen: &str) -> f64 {
         }))
         .unwrap();
     let addr = server.listen_addrs().await.unwrap()[0].clone();
-    let mut times = Vec::new();
+    let (mut dials, mut times) = (Vec::new(), Vec::new());
     for i in 0..SETUP_TRIALS {
         let node = Node::<Msg>::new(config()).await.unwrap();
         let start = Instant::now();
         let peer = node.dial(addr.clone()).await.unwrap();
+        dials.push(start.elapsed());
         node.client()
             .request(peer, msg(i as u64, SMALL))
             .await
@@ -481,17 +503,18 @@ async fn setup_p2plane(listen: &str) -> f64 {
         node.shutdown().await;
     }
     server.shutdown().await;
-    median_us(times)
+    Setup::of(dials, times)
 }
 
 /// The same for stock request-response: dial, then the request once connected.
-async fn setup_stock(listen: &str) -> f64 {
+async fn setup_stock(listen: &str) -> Setup {
     let (addr, server_task) = stock_server(listen).await;
-    let mut times = Vec::new();
+    let (mut dials, mut times) = (Vec::new(), Vec::new());
     for i in 0..SETUP_TRIALS {
         let mut client = stock_swarm();
         let start = Instant::now();
         let peer = connect(&mut client, addr.clone()).await;
+        dials.push(start.elapsed());
         client
             .behaviour_mut()
             .send_request(&peer, msg(i as u64, SMALL));
@@ -510,7 +533,7 @@ async fn setup_stock(listen: &str) -> f64 {
         times.push(start.elapsed());
     }
     server_task.abort();
-    median_us(times)
+    Setup::of(dials, times)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -579,22 +602,34 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--setup-only") {
-        // Only the connection-setup row, 15 interleaved rounds, for comparing changes to it.
+        // Only the connection-setup row, 15 interleaved rounds, for comparing changes to it,
+        // with the dial's share.
+        let in_task = std::env::args().any(|a| a == "--in-task");
         let runtime = runtime();
         runtime.block_on(async {
             for (transport, listen) in [
                 ("tcp", "/ip4/127.0.0.1/tcp/0"),
                 ("quic", "/ip4/127.0.0.1/udp/0/quic-v1"),
             ] {
-                let (mut ours, mut stock) = (Vec::new(), Vec::new());
+                let mut rounds = Vec::new();
                 for _ in 0..15 {
-                    stock.push(setup_stock(listen).await);
-                    ours.push(setup_p2plane(listen).await);
+                    // `--in-task`: the caller on a runtime worker instead of the main thread.
+                    rounds.push(if in_task {
+                        let stock = tokio::spawn(setup_stock(listen)).await.unwrap();
+                        (tokio::spawn(setup_p2plane(listen)).await.unwrap(), stock)
+                    } else {
+                        let stock = setup_stock(listen).await;
+                        (setup_p2plane(listen).await, stock)
+                    });
                 }
-                let (ours, stock) = (median(ours), median(stock));
+                let m = |f: fn(&(Setup, Setup)) -> f64| median(rounds.iter().map(f).collect());
+                let (ours, stock) = (m(|r| r.0.answer_us), m(|r| r.1.answer_us));
                 println!(
-                    "{transport}: setup to first answer {ours:.0} µs, stock {stock:.0} µs ({:.2}x)",
-                    ours / stock
+                    "{transport}: setup to first answer {ours:.0} µs, stock {stock:.0} µs ({:.2}x); \
+                     dial {:.0} µs, stock {:.0} µs",
+                    ours / stock,
+                    m(|r| r.0.dial_us),
+                    m(|r| r.1.dial_us),
                 );
             }
         });
@@ -629,8 +664,8 @@ fn main() {
             let (mut ours, mut stock, mut lib) = (Vec::new(), Vec::new(), Vec::new());
             let (mut setup_ours, mut setup_stock_us) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
-                setup_stock_us.push(setup_stock(listen).await);
-                setup_ours.push(setup_p2plane(listen).await);
+                setup_stock_us.push(setup_stock(listen).await.answer_us);
+                setup_ours.push(setup_p2plane(listen).await.answer_us);
                 let (caller, tasks) = lib_stream_pair(listen).await;
                 lib.push(measure(&caller, &counts).await);
                 tasks.into_iter().for_each(|t| t.abort());

@@ -98,6 +98,11 @@ impl Budget {
         if more > self.per_peer {
             return false;
         }
+        // Usually there is room: take it without a timer.
+        if let Some(extra) = self.try_charge(peer, more) {
+            charge.merge(extra);
+            return true;
+        }
         let acquire = async {
             let peer = Arc::clone(peer).acquire_many_owned(n).await.ok()?;
             let global = Arc::clone(&self.global).acquire_many_owned(n).await.ok()?;

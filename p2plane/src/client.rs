@@ -99,23 +99,35 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
             Arc::clone(&self.protocols),
             request,
         );
-        Box::pin(
-            async move {
-                let Some(metrics) = metrics else {
-                    return call.await;
-                };
-                let start = std::time::Instant::now();
-                let result = call.await;
-                metrics.outbound(
-                    P::NAME,
-                    attempt,
-                    start.elapsed(),
-                    result.as_ref().map(|_| ()),
-                );
-                result
-            }
-            .instrument(span),
-        )
+        let measured = async move {
+            let Some(metrics) = metrics else {
+                return call.await;
+            };
+            let start = std::time::Instant::now();
+            let result = call.await;
+            metrics.outbound(
+                P::NAME,
+                attempt,
+                start.elapsed(),
+                result.as_ref().map(|_| ()),
+            );
+            result
+        };
+        instrumented(measured, span)
+    }
+}
+
+/// `future` inside `span`, unless nobody listens for the span: entering and leaving a
+/// disabled span on every poll still costs (with `tracing`'s `log` feature, which a
+/// dependency turns on, each poll asks `log` whether it is enabled).
+pub(crate) fn instrumented<F>(future: F, span: tracing::Span) -> BoxFuture<'static, F::Output>
+where
+    F: std::future::Future + Send + 'static,
+{
+    if span.is_disabled() {
+        Box::pin(future)
+    } else {
+        Box::pin(future.instrument(span))
     }
 }
 

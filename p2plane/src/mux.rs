@@ -10,15 +10,15 @@
 //! the flow-control window yamux has grown.
 
 use std::{
-    collections::{HashMap, HashSet},
     io,
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use foldhash::{HashMap, HashSet};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, future};
 use libp2p::{PeerId, StreamProtocol};
 use p2plane_codec::{FrameBuf, SharedFrame, read_shared_frame};
@@ -96,7 +96,30 @@ struct Channel {
     pending: Arc<Pending>,
     next_id: AtomicU64,
     slots: Semaphore,
-    alive: Arc<AtomicBool>,
+    /// Why the stream ended, once it has (`None`: idle, nothing in flight). Callers that come
+    /// too late to be told by the drive task read it here: the refusal of a peer without
+    /// the shared form can end the stream before the first caller's frame is queued.
+    ended: Arc<Ended>,
+}
+
+type Ended = OnceLock<Option<Error>>;
+
+impl Channel {
+    fn alive(&self) -> bool {
+        self.ended.get().is_none()
+    }
+
+    fn idled_out(&self) -> bool {
+        matches!(self.ended.get(), Some(None))
+    }
+
+    /// The error for a caller of a stream that has ended.
+    fn ended(&self, peer: PeerId) -> Error {
+        match self.ended.get() {
+            Some(Some(error)) => error.clone(),
+            _ => Error::ConnectionClosed { peer },
+        }
+    }
 }
 
 /// The node's shared streams.
@@ -130,20 +153,17 @@ impl Pool {
     ) -> Arc<Channel> {
         let mut channels = lock(&self.channels);
         let key = (peer, protocol.clone(), frame_len > MAX_MUX_FRAME);
-        if let Some(channel) = channels
-            .get(&key)
-            .filter(|c| c.alive.load(Ordering::Acquire))
-        {
+        if let Some(channel) = channels.get(&key).filter(|c| c.alive()) {
             return Arc::clone(channel);
         }
-        channels.retain(|_, c| c.alive.load(Ordering::Acquire));
+        channels.retain(|_, c| c.alive());
         let (frames, rx) = mpsc::channel(MAX_IN_FLIGHT);
         let channel = Arc::new(Channel {
             frames,
             pending: Arc::default(),
             next_id: AtomicU64::new(0),
             slots: Semaphore::new(MAX_IN_FLIGHT),
-            alive: Arc::new(AtomicBool::new(true)),
+            ended: Arc::default(),
         });
         tokio::spawn(drive(
             control.clone(),
@@ -151,7 +171,7 @@ impl Pool {
             protocol.clone(),
             rx,
             Arc::clone(&channel.pending),
-            Arc::clone(&channel.alive),
+            Arc::clone(&channel.ended),
             limit,
             idle,
         ));
@@ -169,30 +189,44 @@ impl Pool {
         limit: usize,
         idle: Duration,
     ) -> Result<Vec<u8>, Error> {
-        // Small and large frames use separate shared streams, so a large body never holds up
-        // small ones.
-        let channel = self.channel(frame.len(), control, peer, protocol, limit, idle);
-        let _slot = channel
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| Error::ConnectionClosed { peer })?;
-        let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
-        tracing::Span::current().record("id", id);
-        frame.set_id(id);
-        let (tx, rx) = oneshot::channel();
-        lock(&channel.pending).insert(id, tx);
-        // Forget the id if the caller gives up (timeout, cancellation).
-        let _forget = Forget {
-            pending: &channel.pending,
-            id,
-        };
-        channel
-            .frames
-            .send(frame)
-            .await
-            .map_err(|_| Error::ConnectionClosed { peer })?;
-        rx.await.map_err(|_| Error::ConnectionClosed { peer })?
+        // A stream that ended for being idle just as this call took it is no failure: the
+        // call goes on a new one (once; a new stream does not idle out at once).
+        for _ in 0..2 {
+            // Small and large frames use separate shared streams, so a large body never
+            // holds up small ones.
+            let channel = self.channel(frame.len(), control, peer, protocol, limit, idle);
+            let _slot = channel
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| channel.ended(peer))?;
+            let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                span.record("id", id);
+            }
+            frame.set_id(id);
+            let (tx, rx) = oneshot::channel();
+            {
+                // The drive task decides to idle out under this lock, so a call either is
+                // in flight before it decides (and the stream stays) or sees it here.
+                let mut pending = lock(&channel.pending);
+                if channel.idled_out() {
+                    continue;
+                }
+                pending.insert(id, tx);
+            }
+            // Forget the id if the caller gives up (timeout, cancellation).
+            let _forget = Forget {
+                pending: &channel.pending,
+                id,
+            };
+            return match channel.frames.send(frame).await {
+                Ok(()) => rx.await.map_err(|_| channel.ended(peer))?,
+                Err(_) => Err(channel.ended(peer)),
+            };
+        }
+        Err(Error::ConnectionClosed { peer })
     }
 }
 
@@ -247,7 +281,7 @@ async fn drive(
     protocol: StreamProtocol,
     mut frames: mpsc::Receiver<FrameBuf>,
     pending: Arc<Pending>,
-    alive: Arc<AtomicBool>,
+    ended: Arc<Ended>,
     limit: usize,
     idle: Duration,
 ) {
@@ -266,8 +300,14 @@ async fn drive(
                 let first = match tokio::time::timeout(idle, frames.recv()).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return Ok(()),
-                    Err(_) if lock(&pending).is_empty() => return Ok(()),
-                    Err(_) => continue,
+                    Err(_) => {
+                        let pending = lock(&pending);
+                        if pending.is_empty() {
+                            let _ = ended.set(None);
+                            return Ok(());
+                        }
+                        continue;
+                    }
                 };
                 if first.len() >= BATCH {
                     // A large body goes out as it is, without a copy into the batch.
@@ -300,7 +340,8 @@ async fn drive(
         }
     }
     .await;
-    alive.store(false, Ordering::Release);
+    // Before the queue closes: a caller that finds it closed reads why here.
+    let _ = ended.set(outcome.as_ref().err().cloned());
     frames.close();
     let error = outcome.err().unwrap_or(Error::ConnectionClosed { peer });
     for (_, tx) in lock(&pending).drain() {

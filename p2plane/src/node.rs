@@ -365,11 +365,19 @@ impl<P: Protocol> Node<P> {
     /// Serves protocol `P` with `handler`: any [`tower::Service`] from [`Request<P::Request>`]
     /// to `P::Response`, such as a closure wrapped in [`service_fn`](crate::service_fn).
     ///
-    /// Each inbound request runs in its own task, at most
-    /// [`max_concurrent_inbound`](NodeConfig::max_concurrent_inbound) at once; beyond that
-    /// the caller is answered `Busy`. A handler error reaches the caller as
-    /// [`Error::Failed`], except [`Error::Rejected`] and [`Error::Busy`], which travel as
-    /// themselves (so validation middleware can reject).
+    /// At most [`max_concurrent_inbound`](NodeConfig::max_concurrent_inbound) requests are
+    /// handled at once; beyond that the caller is answered `Busy`. A handler error reaches
+    /// the caller as [`Error::Failed`], except [`Error::Rejected`] and [`Error::Busy`],
+    /// which travel as themselves (so validation middleware can reject); a handler that
+    /// panics is answered `Failed` too.
+    ///
+    /// Requests from one peer share a stream, and the task reading it polls each request's
+    /// handler once itself: most handlers answer at once, and a task per request would cost
+    /// more than they do. A handler that is not done after that first poll (it waits on
+    /// something) continues in a task of its own, so it does not hold up the requests
+    /// behind it. Heavy CPU work belongs in `tokio::task::spawn_blocking`, as anywhere in
+    /// async code; a first poll that takes over 50 µs makes the stream give the next
+    /// requests tasks of their own at once.
     ///
     /// Until a protocol is served, peers asking for it get
     /// [`Error::UnsupportedProtocol`].

@@ -202,3 +202,108 @@ async fn hostile_bytes_on_a_shared_stream_are_refused_and_the_node_keeps_serving
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A handler that panics is answered `Failed`, and the shared stream it came on goes on
+/// serving (the server runs most handlers on the stream's own reader); the same over
+/// streams of one request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_answered_failed_and_the_stream_keeps_serving() {
+    for multiplex in [true, false] {
+        panicking_handler(multiplex).await;
+    }
+}
+
+async fn panicking_handler(multiplex: bool) {
+    let server = Node::<Echo>::new(config(TCP)).await.unwrap();
+    let me = server.local_peer_id();
+    server
+        .serve(p2plane::service_fn(
+            move |req: p2plane::Request<Echo>| async move {
+                if req.body().text == "panic" {
+                    panic!("this handler panics on purpose");
+                }
+                Ok::<_, std::convert::Infallible>(answer(req.body(), me))
+            },
+        ))
+        .unwrap();
+    let mut client_config = config(TCP);
+    client_config.multiplex = multiplex;
+    let client = Node::<Echo>::new(client_config).await.unwrap();
+    let peer = within("dial", client.dial(first_addr(&server).await))
+        .await
+        .unwrap();
+    let c = client.client();
+    for round in 0..3 {
+        let bad = Echo {
+            seq: round,
+            text: "panic".to_owned(),
+        };
+        match within("the panicking request", c.request(peer, bad)).await {
+            Err(p2plane::Error::Failed { message, .. }) => {
+                assert!(message.contains("panicked"), "{message}")
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        let good = within("a request after it", c.request(peer, echo(round)))
+            .await
+            .expect("the stream still serves");
+        assert_eq!(good, answer(&echo(round), me));
+    }
+}
+
+/// A handler that cannot answer at once does not hold up the requests behind it on the
+/// same shared stream: the first request here is answered only once the second has been
+/// handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_handler_does_not_hold_up_the_next_request_on_its_stream() {
+    let server = Node::<Echo>::new(config(TCP)).await.unwrap();
+    let me = server.local_peer_id();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    server
+        .serve(p2plane::service_fn(move |req: p2plane::Request<Echo>| {
+            let release = r.clone();
+            async move {
+                if req.body().text == "wait" {
+                    release.notified().await;
+                } else {
+                    release.notify_one();
+                }
+                Ok::<_, std::convert::Infallible>(answer(req.body(), me))
+            }
+        }))
+        .unwrap();
+    let client = Node::<Echo>::new(config(TCP)).await.unwrap();
+    let peer = within("dial", client.dial(first_addr(&server).await))
+        .await
+        .unwrap();
+    let c = client.client();
+    // Open the shared stream first, so that both requests below travel on it.
+    within("a first request", c.request(peer, echo(0)))
+        .await
+        .unwrap();
+    let waiting = Echo {
+        seq: 1,
+        text: "wait".to_owned(),
+    };
+    let expected = answer(&waiting, me);
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { c.request(peer, waiting).await }
+    });
+    // The second request wakes the first; sent until the first has been answered, in case
+    // it overtakes the first on its way.
+    let answered = within("the waiting request", async {
+        let mut first = first;
+        loop {
+            c.request(peer, echo(2)).await.unwrap();
+            tokio::select! {
+                done = &mut first => return done.unwrap(),
+                () = tokio::task::yield_now() => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(answered, expected);
+}

@@ -13,11 +13,12 @@ mod control;
 mod handler;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
 };
 
+use foldhash::HashMap;
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol,
     core::{Endpoint, transport::PortUse},
