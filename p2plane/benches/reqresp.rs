@@ -463,7 +463,6 @@ fn median_us(mut times: Vec<Duration>) -> f64 {
 }
 
 /// Medians of a round of connection setups: to the first answer, and to the end of the dial.
-#[derive(Clone, Copy)]
 struct Setup {
     answer_us: f64,
     dial_us: f64,

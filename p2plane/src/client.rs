@@ -113,21 +113,21 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
             );
             result
         };
-        instrumented(measured, span)
+        Box::pin(instrumented(measured, span))
     }
 }
 
 /// `future` inside `span`, unless nobody listens for the span: entering and leaving a
 /// disabled span on every poll still costs (with `tracing`'s `log` feature, which a
 /// dependency turns on, each poll asks `log` whether it is enabled).
-pub(crate) fn instrumented<F>(future: F, span: tracing::Span) -> BoxFuture<'static, F::Output>
-where
-    F: std::future::Future + Send + 'static,
-{
+pub(crate) fn instrumented<F: std::future::Future>(
+    future: F,
+    span: tracing::Span,
+) -> futures::future::Either<F, tracing::instrument::Instrumented<F>> {
     if span.is_disabled() {
-        Box::pin(future)
+        futures::future::Either::Left(future)
     } else {
-        Box::pin(future.instrument(span))
+        futures::future::Either::Right(future.instrument(span))
     }
 }
 

@@ -17,7 +17,6 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tower::{BoxError, ServiceExt as _};
 use tower_service::Service;
-use tracing::Instrument as _;
 
 use crate::{
     budget::{Budget, Charge},
@@ -226,18 +225,12 @@ async fn answer<P: Protocol, H: Handler<P>>(
 ) -> FrameBuf {
     let span = crate::client::request_span("inbound", peer, P::NAME, None);
     let request = Request::for_protocol::<P>(peer, body);
+    if let Some(id) = id.filter(|_| !span.is_disabled()) {
+        span.record("id", id);
+    }
     // A handler that panics is answered like one that fails.
     let run = std::panic::AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
-    // A disabled span is not entered on every poll (see `client::instrumented`).
-    let outcome = if span.is_disabled() {
-        tokio::time::timeout(ctx.timeout, run).await
-    } else {
-        if let Some(id) = id {
-            span.record("id", id);
-        }
-        tokio::time::timeout(ctx.timeout, run.instrument(span)).await
-    };
-    match outcome {
+    match tokio::time::timeout(ctx.timeout, crate::client::instrumented(run, span)).await {
         Ok(Ok(Ok(response))) => {
             ctx.count::<P>("ok");
             encode(&ctx.codec, &Envelope::Ok(&response))
@@ -552,22 +545,22 @@ struct Inline {
 
 impl Inline {
     fn run_or_spawn(&mut self, job: impl Future<Output = ()> + Send + 'static) {
-        let mut job = Box::pin(job);
         if self.spawn_next > 0 {
             self.spawn_next -= 1;
-        } else {
-            let start = std::time::Instant::now();
-            // A job still pending is polled again by its task, which registers that task's
-            // waker; the reader's context is not used, so no wake-up reaches the reader.
-            let done = (&mut job).now_or_never().is_some();
-            if start.elapsed() > INLINE_LIMIT {
-                self.spawn_next = SPAWN_AFTER_SLOW;
-            }
-            if done {
-                return;
-            }
+            tokio::spawn(job);
+            return;
         }
-        tokio::spawn(job);
+        let mut job = Box::pin(job);
+        let start = std::time::Instant::now();
+        // A job still pending is polled again by its task, which registers that task's
+        // waker; the reader's context is not used, so no wake-up reaches the reader.
+        let done = (&mut job).now_or_never().is_some();
+        if start.elapsed() > INLINE_LIMIT {
+            self.spawn_next = SPAWN_AFTER_SLOW;
+        }
+        if !done {
+            tokio::spawn(job);
+        }
     }
 }
 
