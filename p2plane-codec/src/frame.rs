@@ -44,6 +44,16 @@ impl FrameBuf {
         Ok(frame)
     }
 
+    /// A frame of `payload` as it is (already encoded).
+    pub fn encode_raw(payload: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(HEAD + payload.len());
+        buf.resize(HEAD, 0);
+        buf.extend_from_slice(payload);
+        let mut frame = Self { buf, start: HEAD };
+        frame.write_head(None);
+        frame
+    }
+
     /// Encodes `value` into a frame whose payload starts with `id` as an unsigned varint (the
     /// multiplexed form: many requests share one stream and are matched by id).
     pub fn encode_with_id<C: Codec, T: Serialize>(

@@ -190,14 +190,7 @@ async fn exchange<P: Protocol>(
         let idle = shared.config.transport.idle_connection_timeout;
         match shared
             .mux
-            .call(
-                &shared.control,
-                peer,
-                &protocols.mux,
-                frame.clone(),
-                limit,
-                idle,
-            )
+            .call(&shared.control, peer, &protocols.mux, frame, limit, idle)
             .await
         {
             // A peer without the shared form: a stream per request from now on.

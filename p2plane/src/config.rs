@@ -101,6 +101,18 @@ pub struct NodeConfig {
     /// How many known peers a node dials when it starts (most recently successful first).
     /// Default 8.
     pub redial_on_start: usize,
+    /// Inbound shared streams open at once, per protocol, from all peers together (each
+    /// peer may open at most 8 per protocol). A shared stream over either limit is closed
+    /// unread; its caller tries once more on a new stream and then gets `Error::Busy`.
+    /// An open stream holds no handler permit (see `max_concurrent_inbound`), only its
+    /// buffers (about 8 KiB). Default 4,096.
+    pub max_shared_streams: usize,
+    /// An inbound shared stream on which no request begins for this long is closed, cleanly:
+    /// every request read is answered first, and a client whose request crossed the close
+    /// sends it again on a new stream. Clients close their own idle streams after
+    /// `transport.idle_connection_timeout` (60 s); this bounds peers that do not. Default
+    /// 90 s.
+    pub shared_stream_idle_timeout: Duration,
     /// Carry small requests to a peer on one shared stream per protocol (ids match
     /// responses to requests) instead of a stream per request. Default `true`; peers that do
     /// not serve the shared form are reached with a stream per request either way.
@@ -150,6 +162,11 @@ impl fmt::Debug for NodeConfig {
                 &self.allowed_peers.as_ref().map(HashSet::len),
             )
             .field("redial_on_start", &self.redial_on_start)
+            .field("max_shared_streams", &self.max_shared_streams)
+            .field(
+                "shared_stream_idle_timeout",
+                &self.shared_stream_idle_timeout,
+            )
             .field("multiplex", &self.multiplex)
             .field("dht", &self.dht)
             .field("pubsub", &self.pubsub)
@@ -182,6 +199,8 @@ impl Default for NodeConfig {
             allow_private_addrs: false,
             allowed_peers: None,
             redial_on_start: 8,
+            max_shared_streams: 4096,
+            shared_stream_idle_timeout: Duration::from_secs(90),
             multiplex: true,
             dht: Some(DhtConfig::default()),
             pubsub: None,
@@ -256,6 +275,15 @@ impl NodeConfig {
     #[must_use]
     pub fn with_max_concurrent_inbound(mut self, n: usize) -> Self {
         self.max_concurrent_inbound = n.max(1);
+        self
+    }
+
+    /// Sets [`max_shared_streams`](Self::max_shared_streams) and
+    /// [`shared_stream_idle_timeout`](Self::shared_stream_idle_timeout).
+    #[must_use]
+    pub fn with_shared_streams(mut self, max: usize, idle_timeout: Duration) -> Self {
+        self.max_shared_streams = max;
+        self.shared_stream_idle_timeout = idle_timeout;
         self
     }
 

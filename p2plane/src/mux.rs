@@ -21,8 +21,8 @@ use std::{
 use foldhash::{HashMap, HashSet};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, future};
 use libp2p::{PeerId, StreamProtocol};
-use p2plane_codec::{FrameBuf, SharedFrame, read_shared_frame};
-use p2plane_core::Error;
+use p2plane_codec::{FrameBuf, FrameError, SharedFrame, read_shared_frame};
+use p2plane_core::{CodecError, Error};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
@@ -180,21 +180,25 @@ impl Pool {
     }
 
     /// Sends `frame` on the shared stream to `peer` and returns the response payload.
+    ///
+    /// A stream that ended without reading this call's request (idle on our side as the
+    /// call took it, or closed cleanly by the server: a server closes only between requests,
+    /// having answered every one it read) is no failure: the call goes on a new stream,
+    /// once. A server that closes that one too (it is at its limit of shared streams)
+    /// leaves the call [`Error::Busy`]: it did not act on the request.
     pub(crate) async fn call(
         &self,
         control: &streams::Control,
         peer: PeerId,
         protocol: &StreamProtocol,
-        mut frame: FrameBuf,
+        request: &FrameBuf,
         limit: usize,
         idle: Duration,
     ) -> Result<Vec<u8>, Error> {
-        // A stream that ended for being idle just as this call took it is no failure: the
-        // call goes on a new one (once; a new stream does not idle out at once).
         for _ in 0..2 {
             // Small and large frames use separate shared streams, so a large body never
             // holds up small ones.
-            let channel = self.channel(frame.len(), control, peer, protocol, limit, idle);
+            let channel = self.channel(request.len(), control, peer, protocol, limit, idle);
             let _slot = channel
                 .slots
                 .acquire()
@@ -205,6 +209,7 @@ impl Pool {
             if !span.is_disabled() {
                 span.record("id", id);
             }
+            let mut frame = request.clone();
             frame.set_id(id);
             let (tx, rx) = oneshot::channel();
             {
@@ -221,12 +226,20 @@ impl Pool {
                 pending: &channel.pending,
                 id,
             };
-            return match channel.frames.send(frame).await {
-                Ok(()) => rx.await.map_err(|_| channel.ended(peer))?,
-                Err(_) => Err(channel.ended(peer)),
-            };
+            if channel.frames.send(frame).await.is_err() {
+                if channel.idled_out() {
+                    continue;
+                }
+                return Err(channel.ended(peer));
+            }
+            match rx.await {
+                Ok(outcome) => return outcome,
+                // Dropped unanswered by a stream that ended without reading it.
+                Err(_) if channel.idled_out() => continue,
+                Err(_) => return Err(channel.ended(peer)),
+            }
         }
-        Err(Error::ConnectionClosed { peer })
+        Err(Error::Busy { peer })
     }
 }
 
@@ -242,7 +255,7 @@ impl Drop for Forget<'_> {
 }
 
 /// Reads response frames and hands each to the caller waiting for its id, until the stream
-/// fails or ends.
+/// fails, or ends cleanly between frames (`Ok`: the server closed it).
 async fn read_responses<R: futures::AsyncRead + Unpin>(
     reader: &mut R,
     pending: &Pending,
@@ -251,9 +264,14 @@ async fn read_responses<R: futures::AsyncRead + Unpin>(
     stream_error: impl Fn(io::Error) -> Error,
 ) -> Result<(), Error> {
     loop {
-        let frame = read_shared_frame(reader, limit)
-            .await
-            .map_err(|e| answer_error(e, peer, &stream_error))?;
+        let frame = match read_shared_frame(reader, limit).await {
+            Ok(frame) => frame,
+            Err(FrameError::Codec(CodecError::Truncated {
+                expected: 0,
+                got: 0,
+            })) => return Ok(()),
+            Err(e) => return Err(answer_error(e, peer, &stream_error)),
+        };
         let (id, outcome) = match frame {
             SharedFrame::Frame { id, body } => (id, Ok(body)),
             SharedFrame::TooLarge { id, len } => (
@@ -272,8 +290,10 @@ async fn read_responses<R: futures::AsyncRead + Unpin>(
 }
 
 /// Writes every frame queued in `frames` (many per write when they pile up), and reads the
-/// responses, handing each to its caller. Ends when the stream fails, or when it has been
-/// idle for `idle` with nothing in flight; every caller still waiting gets the error.
+/// responses, handing each to its caller. Ends when the stream fails, when it has been
+/// idle for `idle` with nothing in flight, or when the server closes it; every caller still
+/// waiting gets the error, or, when the server closed the stream cleanly (so it read none
+/// of their requests), is told to go on a new stream.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     control: streams::Control,
@@ -285,7 +305,7 @@ async fn drive(
     limit: usize,
     idle: Duration,
 ) {
-    let outcome: Result<(), Error> = async {
+    let outcome: Result<Option<Closed>, Error> = async {
         let stream = control
             .open(peer, protocol.clone())
             .await
@@ -327,24 +347,42 @@ async fn drive(
         let read = read_responses(&mut reader, &pending, peer, limit, stream_error);
         futures::pin_mut!(write, read);
         match future::select(write, read).await {
-            future::Either::Left((Ok(()), _)) => Ok(()),
+            future::Either::Left((Ok(()), _)) => Ok(None),
             // A refused protocol can reach the writer as a reset before the reader has seen
             // the refusal; the reader knows the precise cause.
             future::Either::Left((Err(write_error), read)) => {
                 match tokio::time::timeout(Duration::from_secs(1), read).await {
                     Ok(Err(e @ Error::UnsupportedProtocol { .. })) => Err(e),
+                    // The server closed between frames just as we wrote: it read nothing
+                    // more of ours.
+                    Ok(Ok(())) => Ok(Some(Closed)),
                     _ => Err(write_error),
                 }
             }
-            future::Either::Right((result, _)) => result,
+            future::Either::Right((result, _)) => result.map(|()| Some(Closed)),
         }
     }
     .await;
-    // Before the queue closes: a caller that finds it closed reads why here.
+    // Before the queue closes: a caller that finds it closed reads why here. A clean close
+    // by the server reads like our own idle end: callers go on a new stream.
     let _ = ended.set(outcome.as_ref().err().cloned());
     frames.close();
-    let error = outcome.err().unwrap_or(Error::ConnectionClosed { peer });
-    for (_, tx) in lock(&pending).drain() {
-        let _ = tx.send(Err(error.clone()));
+    let mut pending = lock(&pending);
+    match outcome {
+        // Dropping the senders tells each waiting caller to go on a new stream.
+        Ok(Some(Closed)) => pending.clear(),
+        Ok(None) => {
+            for (_, tx) in pending.drain() {
+                let _ = tx.send(Err(Error::ConnectionClosed { peer }));
+            }
+        }
+        Err(error) => {
+            for (_, tx) in pending.drain() {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
     }
 }
+
+/// The server closed a shared stream cleanly, between frames.
+struct Closed;

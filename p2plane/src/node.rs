@@ -423,6 +423,8 @@ impl<P: Protocol> Node<P> {
             write_timeout: self.shared.config.write_timeout,
             budget: Arc::clone(&self.shared.budget),
             shared_streams: Default::default(),
+            shared_total: Arc::new(Semaphore::new(self.shared.config.max_shared_streams)),
+            shared_idle: self.shared.config.shared_stream_idle_timeout,
             metrics: self.shared.metrics.clone(),
             workers: Arc::new(Semaphore::new(limit)),
             helpers: Arc::new(Semaphore::new(limit)),

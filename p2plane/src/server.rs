@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
+use futures::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
 use libp2p::{PeerId, Stream};
 use p2plane_codec::{
     CborCodec, Envelope, FrameBuf, FrameError, read_frame_body, read_frame_len, read_shared_head,
@@ -30,7 +30,7 @@ const INLINE_LIMIT: Duration = Duration::from_micros(50);
 const SPAWN_AFTER_SLOW: u32 = 64;
 
 /// Shared streams one peer may have open per protocol (a client opens two).
-const MAX_SHARED_PER_PEER: usize = 8;
+pub(crate) const MAX_SHARED_PER_PEER: usize = 8;
 
 pub(crate) struct ServerContext {
     pub(crate) codec: CborCodec,
@@ -45,6 +45,10 @@ pub(crate) struct ServerContext {
     pub(crate) budget: Arc<Budget>,
     /// Shared streams open per peer.
     pub(crate) shared_streams: std::sync::Mutex<std::collections::HashMap<PeerId, usize>>,
+    /// Shared streams open in all (for this protocol); a stream costs no worker permit.
+    pub(crate) shared_total: Arc<Semaphore>,
+    /// A shared stream on which no frame begins for this long is closed.
+    pub(crate) shared_idle: Duration,
     /// Requests of this protocol handled at once, whichever form they came in.
     pub(crate) workers: Arc<Semaphore>,
     /// Small tasks that answer `Busy`, or shared streams being served.
@@ -136,21 +140,39 @@ pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
     handler: H,
 ) {
     while let Some((peer, stream)) = next(&ctx, &mut inbound).await {
-        let Some(slot) = SharedSlot::take(&ctx, peer) else {
-            report::<P>(&ctx, peer, InboundError::Overloaded);
+        // A shared stream holds a place among the peer's and among all shared streams, but
+        // no worker: an idle stream costs no handler capacity.
+        let place = SharedSlot::take(&ctx, peer).and_then(|slot| {
+            Some((
+                slot,
+                Arc::clone(&ctx.shared_total).try_acquire_owned().ok()?,
+            ))
+        });
+        let Some((slot, permit)) = place else {
+            refuse_shared::<P>(&ctx, peer, stream);
             continue;
         };
-        match Arc::clone(&ctx.helpers).try_acquire_owned() {
-            Ok(permit) => {
-                let (ctx, handler) = (Arc::clone(&ctx), handler.clone());
-                tokio::spawn(async move {
-                    serve_shared::<P, H>(Arc::clone(&ctx), peer, stream, handler).await;
-                    drop(slot);
-                    drop(permit);
-                });
-            }
-            Err(_) => report::<P>(&ctx, peer, InboundError::Overloaded),
-        }
+        let (ctx, handler) = (Arc::clone(&ctx), handler.clone());
+        tokio::spawn(async move {
+            serve_shared::<P, H>(Arc::clone(&ctx), peer, stream, handler).await;
+            drop(slot);
+            drop(permit);
+        });
+    }
+}
+
+/// A shared stream over the limits is closed at once, cleanly and unread: its caller knows
+/// that none of its requests ran, tries once more on a new stream, then reports
+/// [`Error::Busy`].
+fn refuse_shared<P: Protocol>(ctx: &Arc<ServerContext>, peer: PeerId, mut stream: Stream) {
+    ctx.count::<P>("busy");
+    report::<P>(ctx, peer, InboundError::Overloaded);
+    if let Ok(permit) = Arc::clone(&ctx.helpers).try_acquire_owned() {
+        let timeout = ctx.write_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, stream.close()).await;
+            drop(permit);
+        });
     }
 }
 
@@ -207,11 +229,24 @@ fn report<P: Protocol>(ctx: &ServerContext, peer: PeerId, error: InboundError) {
     });
 }
 
+/// The longest text a stand-in `Failed` answer carries.
+const MAX_FALLBACK_TEXT: usize = 120;
+
 fn encode<T: Serialize>(codec: &CborCodec, envelope: &Envelope<T>) -> FrameBuf {
     FrameBuf::encode(codec, envelope).unwrap_or_else(|e| {
-        // Only an answer larger than the limit fails to encode; say so instead.
-        let failed = Envelope::<()>::Failed(format!("response not sent: {e}"));
-        FrameBuf::encode(codec, &failed).expect("a short text fits any limit")
+        // Only an answer larger than the limit fails to encode; say so instead, in a short
+        // text. Encoded without a limit: under a limit too small for even that, the peer
+        // reads it as a response over its limit (a typed error), and nothing here panics.
+        let mut text = format!("response not sent: {e}");
+        if text.len() > MAX_FALLBACK_TEXT {
+            let mut end = MAX_FALLBACK_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        FrameBuf::encode(&CborCodec::new(usize::MAX), &Envelope::<()>::Failed(text))
+            .unwrap_or_else(|_| FrameBuf::encode_raw(&[]))
     })
 }
 
@@ -386,84 +421,90 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
             let limit = ctx.codec.max_message_size();
             let mut inline = Inline::default();
             loop {
-                // Between frames the stream may idle; once a frame has begun, its rest is
-                // due within the read deadline.
-                let head = match read_shared_head(&mut reader).await {
-                    Ok(head) => head,
+                // Between frames the stream may idle, up to `shared_idle`: then it is closed,
+                // cleanly (every request read gets its answer first). Once a frame has
+                // begun, the rest of it, head and body, is due within the read deadline.
+                match tokio::time::timeout(ctx.shared_idle, reader.fill_buf()).await {
+                    Err(_) => return ctx.count::<P>("idle_closed"),
                     // The peer closed its side: a normal end.
-                    Err(FrameError::Codec(CodecError::Truncated {
-                        expected: 0,
-                        got: 0,
-                    })) => return,
-                    // Anything else breaks the framing: nothing more can be answered.
-                    Err(e) => return report::<P>(&ctx, peer, frame_error(e)),
-                };
+                    Ok(Ok([])) => return,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return report::<P>(&ctx, peer, InboundError::Io(e.to_string())),
+                }
+                let deadline = tokio::time::Instant::now() + ctx.read_timeout;
+                let head =
+                    match tokio::time::timeout_at(deadline, read_shared_head(&mut reader)).await {
+                        Ok(Ok(head)) => head,
+                        Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
+                        // Anything else breaks the framing: nothing more can be answered.
+                        Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
+                    };
                 let id = head.id;
-                let charge = if head.body_len > limit as u64 {
+                let too_large = head.body_len > limit as u64;
+                let charge = if too_large {
                     None
                 } else {
                     ctx.budget.try_charge(&peer_budget, head.body_len as usize)
                 };
-                let body = match charge {
-                    Some(charge) => {
-                        tokio::time::timeout(ctx.read_timeout, head.read_body(&mut reader))
-                            .await
-                            .map(|read| read.map(|body| Some((body, charge))))
-                    }
-                    // Too large for us, or over budget: refuse that request without holding
-                    // it; the stream goes on.
-                    None => tokio::time::timeout(ctx.read_timeout, head.skip_body(&mut reader))
-                        .await
-                        .map(|read| read.map(|()| None)),
-                };
-                let body = match body {
-                    Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
-                    Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
-                    Ok(Ok(body)) => body,
-                };
-                let mut reply = match body {
-                    None if head.body_len > limit as u64 => {
+                let Some(charge) = charge else {
+                    // Too large for us, or over budget: refused at once, without holding
+                    // the body; the body is then skipped (within the same deadline) and the
+                    // stream goes on.
+                    let (error, envelope) = if too_large {
                         let error = InboundError::Frame(CodecError::TooLarge {
                             limit,
                             len: head.len,
                         });
+                        let text = error.to_string();
+                        (error, Envelope::<()>::Rejected(text))
+                    } else {
+                        (InboundError::OverBudget { len: head.len }, Envelope::Busy)
+                    };
+                    report::<P>(&ctx, peer, error);
+                    let mut reply = encode(&ctx.codec, &envelope);
+                    reply.set_id(id);
+                    if answers.send((reply, None)).await.is_err() {
+                        return;
+                    }
+                    match tokio::time::timeout_at(deadline, head.skip_body(&mut reader)).await {
+                        Ok(Ok(())) => continue,
+                        Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
+                        Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
+                    }
+                };
+                let body =
+                    match tokio::time::timeout_at(deadline, head.read_body(&mut reader)).await {
+                        Ok(Ok(body)) => body,
+                        Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
+                        Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
+                    };
+                let mut reply = match ctx.codec.decode::<P::Request>(&body) {
+                    Err(e) => {
+                        let error = InboundError::Decode(e);
                         let rejected =
                             encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
                         report::<P>(&ctx, peer, error);
                         rejected
                     }
-                    None => {
-                        report::<P>(&ctx, peer, InboundError::OverBudget { len: head.len });
-                        encode(&ctx.codec, &Envelope::<()>::Busy)
-                    }
-                    Some((body, charge)) => match ctx.codec.decode::<P::Request>(&body) {
-                        Err(e) => {
-                            let error = InboundError::Decode(e);
-                            let rejected =
-                                encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
-                            report::<P>(&ctx, peer, error);
-                            rejected
+                    Ok(body) => match Arc::clone(&ctx.workers).try_acquire_owned() {
+                        Ok(permit) => {
+                            let job = answer_shared::<P, H>(
+                                Arc::clone(&ctx),
+                                peer,
+                                id,
+                                body,
+                                handler.clone(),
+                                (permit, charge),
+                                Arc::clone(&peer_budget),
+                                answers.clone(),
+                            );
+                            inline.run_or_spawn(job);
+                            continue;
                         }
-                        Ok(body) => match Arc::clone(&ctx.workers).try_acquire_owned() {
-                            Ok(permit) => {
-                                let job = answer_shared::<P, H>(
-                                    Arc::clone(&ctx),
-                                    peer,
-                                    id,
-                                    body,
-                                    handler.clone(),
-                                    (permit, charge),
-                                    Arc::clone(&peer_budget),
-                                    answers.clone(),
-                                );
-                                inline.run_or_spawn(job);
-                                continue;
-                            }
-                            Err(_) => {
-                                ctx.count::<P>("busy");
-                                encode(&ctx.codec, &Envelope::<()>::Busy)
-                            }
-                        },
+                        Err(_) => {
+                            ctx.count::<P>("busy");
+                            encode(&ctx.codec, &Envelope::<()>::Busy)
+                        }
                     },
                 };
                 reply.set_id(id);
@@ -526,7 +567,16 @@ async fn answer_shared<P: Protocol, H: Handler<P>>(
     {
         let _ = answers.send((frame, Some(charge))).await;
     } else {
+        // Every request read is answered (a clean close of the stream promises that the
+        // requests left unanswered were not read): a short failure in place of the answer.
         report::<P>(&ctx, peer, InboundError::OverBudget { len: len as u64 });
+        drop(charge);
+        let mut failed = encode(
+            &ctx.codec,
+            &Envelope::<()>::Failed("the answer did not fit the inbound budget".to_owned()),
+        );
+        failed.set_id(id);
+        let _ = answers.send((failed, None)).await;
     }
 }
 

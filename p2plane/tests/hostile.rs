@@ -1,0 +1,313 @@
+//! Hostile peers that speak the wire format byte by byte over real libp2p streams (not
+//! through P2PLane's client): idle and stalled shared streams, stalled frame heads, huge
+//! length prefixes. Each test fails on a node that lets the attack hold it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{attacker::Attacker, *};
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, future::join_all};
+use libp2p::StreamProtocol;
+use p2plane::{
+    Error, Event, InboundError, Message, Node,
+    codec::{
+        CborCodec, Codec as _, Envelope, FrameBuf, SharedFrame, read_frame, read_shared_frame,
+    },
+};
+
+const LIMIT: usize = p2plane::codec::DEFAULT_MAX_MESSAGE_SIZE;
+
+fn shared_protocol() -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("{}/p2plane-mux/1", Echo::PROTOCOL)).unwrap()
+}
+
+fn plain_protocol() -> StreamProtocol {
+    StreamProtocol::new(Echo::PROTOCOL)
+}
+
+fn client_config() -> p2plane::NodeConfig {
+    config(TCP).with_dht(None)
+}
+
+/// Issue 16, defect 1: each inbound shared stream used to hold one of the protocol's
+/// permits for its whole life, so the fifth idle client locked every later one out with
+/// `ConnectionClosed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_shared_streams_do_not_lock_honest_peers_out() {
+    let server = echo_node(config(TCP).with_dht(None).with_max_concurrent_inbound(4)).await;
+    let addr = first_addr(&server).await;
+    let mut clients = Vec::new();
+    for i in 0..40u64 {
+        let client = Node::<Echo>::new(client_config()).await.unwrap();
+        let peer = client.dial(addr.clone()).await.unwrap();
+        // Each sends one request and keeps its connection and its shared stream open.
+        let reply = within("a request", client.client().request(peer, echo(i))).await;
+        assert_eq!(
+            reply.unwrap_or_else(|e| panic!("client {i}: {e}")),
+            answer(&echo(i), peer),
+        );
+        clients.push((client, peer));
+    }
+    // All of them, at once, again.
+    let replies = join_all(clients.iter().enumerate().map(|(i, (client, peer))| {
+        let (client, peer) = (client.client(), *peer);
+        async move { (i, client.request(peer, echo(100 + i as u64)).await) }
+    }))
+    .await;
+    for (i, reply) in replies {
+        assert_eq!(
+            reply.unwrap_or_else(|e| panic!("client {i}, second round: {e}")),
+            answer(&echo(100 + i as u64), clients[i].1),
+        );
+    }
+}
+
+/// Over the limit of shared streams, a caller gets `Busy` (transient: its request did not
+/// run), not `ConnectionClosed`; once streams free up, requests go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_streams_over_the_limit_answer_busy() {
+    let server = echo_node(
+        config(TCP)
+            .with_dht(None)
+            .with_shared_streams(2, Duration::from_secs(60)),
+    )
+    .await;
+    let addr = first_addr(&server).await;
+    // Two attackers each hold one idle shared stream: the limit.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut attacker = Attacker::connect(addr.clone()).await;
+        let mut stream = attacker
+            .control
+            .open_stream(attacker.node, shared_protocol())
+            .await
+            .unwrap();
+        // One request answered proves the stream is being served (it holds its place).
+        let codec = CborCodec::default();
+        stream
+            .write_all(
+                FrameBuf::encode_with_id(&codec, 1, &echo(1))
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        let answered = within("attacker's answer", read_shared_frame(&mut stream, LIMIT)).await;
+        assert!(matches!(answered, Ok(SharedFrame::Frame { id: 1, .. })));
+        held.push((attacker, stream));
+    }
+    let client = Node::<Echo>::new(client_config()).await.unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    let refused = within("a refused request", client.client().request(peer, echo(5))).await;
+    assert!(matches!(refused, Err(Error::Busy { .. })), "{refused:?}");
+    assert!(refused.unwrap_err().is_transient());
+
+    // The attackers leave; the next request is served.
+    for (_, mut stream) in held.drain(..) {
+        stream.close().await.unwrap();
+    }
+    let served = within("a served request", async {
+        loop {
+            match client.client().request(peer, echo(6)).await {
+                Err(Error::Busy { .. }) => tokio::task::yield_now().await,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert_eq!(served.unwrap(), answer(&echo(6), peer));
+}
+
+/// A server closes a shared stream on which nothing begins for its idle timeout, cleanly;
+/// a client whose stream the server closed goes on a new one without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_closes_idle_shared_streams_and_clients_go_on() {
+    let idle = Duration::from_millis(300);
+    let server = echo_node(config(TCP).with_dht(None).with_shared_streams(64, idle)).await;
+    let addr = first_addr(&server).await;
+
+    let mut attacker = Attacker::connect(addr.clone()).await;
+    let mut stream = attacker
+        .control
+        .open_stream(attacker.node, shared_protocol())
+        .await
+        .unwrap();
+    let codec = CborCodec::default();
+    stream
+        .write_all(
+            FrameBuf::encode_with_id(&codec, 3, &echo(3))
+                .unwrap()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    // The answer, then a clean end (EOF) once the stream has idled: no reset, no hang.
+    let mut rest = Vec::new();
+    within(
+        "the idle stream to be closed",
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("a clean close");
+    let mut rest = rest.as_slice();
+    match read_shared_frame(&mut rest, LIMIT).await.unwrap() {
+        SharedFrame::Frame { id: 3, body } => assert_eq!(
+            codec.decode::<Envelope<Echo>>(&body).unwrap(),
+            Envelope::Ok(answer(&echo(3), server.local_peer_id()))
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(rest.is_empty());
+
+    // An honest client (whose own idle timeout is far longer) keeps working across the
+    // server's closes, including requests sent as a close crosses them.
+    let client = Node::<Echo>::new(client_config()).await.unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    for i in 0..6u64 {
+        let reply = within("a request", client.client().request(peer, echo(i))).await;
+        assert_eq!(reply.unwrap(), answer(&echo(i), peer), "request {i}");
+        // Timer logic, not a wait for a connection: let the server's idle timeout pass
+        // (or nearly pass) between requests.
+        tokio::time::sleep(idle + Duration::from_millis(i * 20) - Duration::from_millis(60)).await;
+    }
+}
+
+/// Issue 16, defect 2: one byte of a shared frame's length prefix, then nothing, held the
+/// stream forever; now the rest of a begun frame is due within `read_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_frame_head_is_cut_off_on_both_stream_forms() {
+    let read_timeout = Duration::from_millis(300);
+    let server = echo_node(
+        config(TCP)
+            .with_dht(None)
+            .with_stream_deadlines(read_timeout, Duration::from_secs(5)),
+    )
+    .await;
+    let mut events = server.events();
+    let mut attacker = Attacker::connect(first_addr(&server).await).await;
+    for protocol in [shared_protocol(), plain_protocol()] {
+        let mut stream = attacker
+            .control
+            .open_stream(attacker.node, protocol.clone())
+            .await
+            .unwrap();
+        // A length prefix's first byte, with its continuation bit set: more must follow.
+        stream.write_all(&[0x85]).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut rest = Vec::new();
+        // Closed (cleanly or reset), not held open.
+        let _ = within(
+            &format!("{protocol}: the stalled stream to close"),
+            stream.read_to_end(&mut rest),
+        )
+        .await;
+        let error = wait_event(&mut events, "a timeout", |e| match e {
+            Event::InboundFailure { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(
+            matches!(error, InboundError::Timeout),
+            "{protocol}: {error:?}"
+        );
+    }
+    // A stalled head inside a shared frame (length given, id begun).
+    let mut stream = attacker
+        .control
+        .open_stream(attacker.node, shared_protocol())
+        .await
+        .unwrap();
+    stream.write_all(&[0x10, 0x81]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within("a stalled id to close", stream.read_to_end(&mut rest)).await;
+}
+
+/// A 1 GiB length prefix, on both forms: refused on its prefix, nothing allocated, the
+/// node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_length_prefix_is_refused_on_both_forms() {
+    let server = echo_node(
+        config(TCP)
+            .with_dht(None)
+            .with_stream_deadlines(Duration::from_millis(500), Duration::from_secs(5)),
+    )
+    .await;
+    let mut attacker = Attacker::connect(first_addr(&server).await).await;
+    let codec = CborCodec::default();
+    let gib: u64 = 1 << 30;
+    let mut prefix = Vec::new();
+    let mut n = gib;
+    while n >= 0x80 {
+        prefix.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    prefix.push(n as u8);
+
+    // One request per stream: the answer says the frame is too large.
+    let answer_bytes = attacker.send_raw(&prefix).await;
+    let mut slice = answer_bytes.as_slice();
+    let envelope: Envelope<Echo> = codec
+        .decode(&read_frame(&mut slice, LIMIT).await.unwrap())
+        .unwrap();
+    assert!(
+        matches!(&envelope, Envelope::Rejected(reason) if reason.contains("exceeds the limit")),
+        "{envelope:?}"
+    );
+
+    // Shared: the id after the prefix; the request is refused by its id and, its body never
+    // coming, the stream is closed at the read deadline.
+    let mut stream = attacker
+        .control
+        .open_stream(attacker.node, shared_protocol())
+        .await
+        .unwrap();
+    let mut frame = prefix.clone();
+    frame.push(42);
+    stream.write_all(&frame).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within("the stream to close", stream.read_to_end(&mut rest)).await;
+    let mut slice = rest.as_slice();
+    match read_shared_frame(&mut slice, LIMIT).await {
+        Ok(SharedFrame::Frame { id: 42, body }) => assert!(matches!(
+            codec.decode::<Envelope<Echo>>(&body).unwrap(),
+            Envelope::Rejected(_)
+        )),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // The node still serves.
+    let client = Node::<Echo>::new(client_config()).await.unwrap();
+    let peer = client.dial(first_addr(&server).await).await.unwrap();
+    assert_eq!(
+        within("a request", client.client().request(peer, echo(1)))
+            .await
+            .unwrap(),
+        answer(&echo(1), peer)
+    );
+}
+
+/// Issue 16, defect 9: a refusal whose text did not fit a small `max_message_size`
+/// panicked the serving task (an `expect`); now the peer gets a short answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_larger_than_a_tiny_message_limit_does_not_panic() {
+    let server = echo_node(config(TCP).with_dht(None).with_max_message_size(16)).await;
+    let mut attacker = Attacker::connect(first_addr(&server).await).await;
+    // A 10-byte body that is not CBOR for an `Echo`: refused with a text longer than 16 B.
+    let garbage = [
+        10u8, 0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0xf8, 0xf7, 0xf6,
+    ];
+    for _ in 0..2 {
+        let answer_bytes = attacker.send_raw(&garbage).await;
+        let mut slice = answer_bytes.as_slice();
+        let body = read_frame(&mut slice, usize::MAX)
+            .await
+            .expect("an answer, not a dropped stream");
+        let envelope: Envelope<Echo> = CborCodec::new(usize::MAX).decode(&body).unwrap();
+        assert!(matches!(envelope, Envelope::Failed(_)), "{envelope:?}");
+    }
+}
