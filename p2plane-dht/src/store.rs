@@ -1,11 +1,13 @@
 //! The DHT's record store: libp2p-kad's memory store with quotas per publishing peer, and
 //! optionally mirrored to a redb file so that a restarted node still holds what it stored.
 //!
-//! Writes go to a thread of the store's own through a bounded queue ([`WRITE_QUEUE`]), never
-//! touching the disk from the node's event loop; the thread commits what has queued up as one
+//! Writes go to a thread of the store's own through a bounded queue ([`WRITE_QUEUE`]), so the
+//! node's event loop does not wait on the disk; the thread commits what has queued up as one
 //! durable transaction. A crash loses only writes still queued (their publishers republish
 //! them anyway); a store file is never left unreadable. When the disk falls so far behind
-//! that the queue is full, a write is kept in memory only, and counted.
+//! that the queue is full, a write waits for room (the node slows to the disk's pace): no
+//! write is ever dropped, and [`DhtStore::flush`] returns `Ok` only once every write before
+//! it is durable. A store whose writer thread has stopped refuses writes.
 
 use std::{
     borrow::Cow,
@@ -58,8 +60,6 @@ enum Op {
 struct Disk {
     ops: std::sync::mpsc::SyncSender<Op>,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// Writes not persisted because the queue was full.
-    skipped: u64,
 }
 
 /// The writer thread: applies what has queued up in one durable transaction, then answers
@@ -264,7 +264,6 @@ impl DhtStore {
         store.disk = Some(Disk {
             ops,
             writer: Some(writer),
-            skipped: 0,
         });
         Ok(store)
     }
@@ -320,11 +319,6 @@ impl DhtStore {
             .map_err(storage_error)
     }
 
-    /// Writes that were kept in memory only because the disk fell behind.
-    pub fn skipped_writes(&self) -> u64 {
-        self.disk.as_ref().map_or(0, |d| d.skipped)
-    }
-
     /// What the store holds.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -339,15 +333,16 @@ impl DhtStore {
         self.usage.get(publisher).map_or(0, |u| u.records)
     }
 
-    fn write(&mut self, op: Op) {
-        let Some(disk) = &mut self.disk else { return };
-        if disk.ops.try_send(op).is_err() {
-            disk.skipped += 1;
-            tracing::debug!(
-                skipped = disk.skipped,
-                "record store queue full; kept in memory only"
-            );
-        }
+    /// Queues `op` for the writer thread, waiting for room when the queue is full: a write
+    /// is never dropped. Fails only when the writer thread has stopped.
+    fn write(&mut self, op: Op) -> store::Result<()> {
+        let Some(disk) = &mut self.disk else {
+            return Ok(());
+        };
+        disk.ops.send(op).map_err(|_| {
+            tracing::warn!("record store writer has stopped; write refused");
+            store::Error::MaxRecords
+        })
     }
 
     fn put_in_memory(&mut self, record: Record) -> store::Result<()> {
@@ -420,10 +415,10 @@ impl RecordStore for DhtStore {
         let encoded = self.disk.is_some().then(|| encode_record(&record));
         let key = record.key.to_vec();
         self.put_in_memory(record)?;
-        if let Some(encoded) = encoded {
-            self.write(Op::PutRecord(key, encoded));
+        match encoded {
+            Some(encoded) => self.write(Op::PutRecord(key, encoded)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn remove(&mut self, k: &RecordKey) {
@@ -433,7 +428,7 @@ impl RecordStore for DhtStore {
             self.release(&publisher, len);
         }
         self.memory.remove(k);
-        self.write(Op::RemoveRecord(k.to_vec()));
+        let _ = self.write(Op::RemoveRecord(k.to_vec()));
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
@@ -444,10 +439,10 @@ impl RecordStore for DhtStore {
         let encoded = self.disk.is_some().then(|| encode_provider(&record));
         let (key, provider) = (record.key.to_vec(), record.provider.to_bytes());
         self.memory.add_provider(record)?;
-        if let Some(encoded) = encoded {
-            self.write(Op::PutProvider(key, provider, encoded));
+        match encoded {
+            Some(encoded) => self.write(Op::PutProvider(key, provider, encoded)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
@@ -460,7 +455,7 @@ impl RecordStore for DhtStore {
 
     fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
         self.memory.remove_provider(k, p);
-        self.write(Op::RemoveProvider(k.to_vec(), p.to_bytes()));
+        let _ = self.write(Op::RemoveProvider(k.to_vec(), p.to_bytes()));
     }
 }
 
@@ -545,6 +540,38 @@ mod tests {
             records > 10_000 && providers > 10_000,
             "{records} {providers}"
         );
+    }
+
+    /// Issue 16, defect 4: with the queue full, writes were kept in memory only and
+    /// `flush()` still returned `Ok`. Now a write waits for room: every put that returned
+    /// `Ok` is on disk after `flush()`.
+    #[test]
+    fn every_accepted_write_is_on_disk_after_flush() {
+        const PUTS: usize = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.redb");
+        let local = PeerId::random();
+        let config = MemoryStoreConfig {
+            max_records: PUTS,
+            ..MemoryStoreConfig::default()
+        };
+        let quota = PublisherQuota {
+            records: PUTS,
+            bytes: usize::MAX,
+        };
+        let publisher = PeerId::random();
+        {
+            let mut store = DhtStore::open(&path, local, config.clone(), quota).unwrap();
+            for i in 0..PUTS {
+                store.put(record(&format!("k{i}"), 16, publisher)).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = DhtStore::open(&path, local, config, quota).unwrap();
+        assert_eq!(store.records_by(&publisher), PUTS);
+        for i in [0, PUTS / 2, PUTS - 1] {
+            assert!(store.get(&RecordKey::new(&format!("k{i}"))).is_some(), "k{i}");
+        }
     }
 
     #[test]
