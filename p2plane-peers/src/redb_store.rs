@@ -106,6 +106,8 @@ struct State {
     flush_requested: bool,
     closing: bool,
     error: Option<PeerStoreError>,
+    /// The writer thread has stopped (it panicked): nothing more becomes durable.
+    writer_gone: bool,
 }
 
 impl Shared {
@@ -197,6 +199,7 @@ impl RedbPeerStore {
                 flush_requested: false,
                 closing: false,
                 error: None,
+                writer_gone: false,
             }),
             wake: Condvar::new(),
             committed: Condvar::new(),
@@ -290,8 +293,29 @@ fn load(db: &Database, book: &mut Book) -> Result<(), PeerStoreError> {
     Ok(())
 }
 
+/// Tells waiting flushers when the writer thread ends by a panic (inside the storage
+/// engine, say), so that they get an error instead of waiting for a commit that never comes.
+struct WriterGone<'a>(&'a Shared);
+
+impl Drop for WriterGone<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let mut state = self.0.lock();
+            state.writer_gone = true;
+            state.error = Some(PeerStoreError::Storage(
+                "the peer store's writer thread panicked; changes since its last commit are \
+                 not durable"
+                    .to_owned(),
+            ));
+            drop(state);
+            self.0.committed.notify_all();
+        }
+    }
+}
+
 /// Commits changed peers every `interval`, or at once when a flush asks.
 fn write_loop(db: &Database, shared: &Shared, interval: Duration) {
+    let _gone = WriterGone(shared);
     loop {
         let (batch, target, closing) = {
             let state = shared.lock();
@@ -480,6 +504,9 @@ impl PeerStore for RedbPeerStore {
         if state.durable >= target {
             return Ok(());
         }
+        if state.writer_gone {
+            return Err(state.error.clone().unwrap_or(PeerStoreError::Closed));
+        }
         state.flush_requested = true;
         self.shared.wake.notify_all();
         loop {
@@ -494,7 +521,7 @@ impl PeerStore for RedbPeerStore {
             if let Some(error) = state.error.clone() {
                 return Err(error);
             }
-            if state.closing {
+            if state.closing || state.writer_gone {
                 return Err(PeerStoreError::Closed);
             }
             state.flush_requested = true;
