@@ -570,7 +570,10 @@ mod tests {
         let store = DhtStore::open(&path, local, config, quota).unwrap();
         assert_eq!(store.records_by(&publisher), PUTS);
         for i in [0, PUTS / 2, PUTS - 1] {
-            assert!(store.get(&RecordKey::new(&format!("k{i}"))).is_some(), "k{i}");
+            assert!(
+                store.get(&RecordKey::new(&format!("k{i}"))).is_some(),
+                "k{i}"
+            );
         }
     }
 

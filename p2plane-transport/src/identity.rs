@@ -64,7 +64,11 @@ pub fn load(path: impl AsRef<Path>) -> Result<Keypair, IdentityError> {
 
 /// Writes `keypair` to a new file at `path`, readable and writable only by its owner.
 ///
-/// Fails if the file already exists, so a key is never overwritten by accident.
+/// Fails if the file already exists, so a key is never overwritten by accident. The file
+/// appears whole or not at all: the key is written to a temporary file in the same
+/// directory (created with mode 0600), synced, linked into place (which fails if `path`
+/// exists), and the directory is synced, so a crash at any point leaves either no key file
+/// or a complete one.
 pub fn save(keypair: &Keypair, path: impl AsRef<Path>) -> Result<(), IdentityError> {
     let path = path.as_ref();
     let io_err = |source| IdentityError::Io {
@@ -77,16 +81,53 @@ pub fn save(keypair: &Keypair, path: impl AsRef<Path>) -> Result<(), IdentityErr
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+    if path.exists() {
+        return Err(io_err(io::ErrorKind::AlreadyExists.into()));
     }
-    let mut file = options.open(path).map_err(io_err)?;
-    file.write_all(&bytes).map_err(io_err)?;
-    file.sync_all().map_err(io_err)
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), unique()));
+    let written = (|| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fail::fail_point!("identity::save::before_link", |_| Err(io::Error::other(
+            "failpoint: crash before the key is linked into place"
+        )));
+        // A link, not a rename: it fails when `path` exists, so no key is ever replaced.
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    written.map_err(io_err)?;
+    sync_dir(dir).map_err(io_err)
+}
+
+/// A number no other save in this process uses.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes a directory's entries (a new link) durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// Loads the keypair in `path`, or generates one and saves it there if the file does not
