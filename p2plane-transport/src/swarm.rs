@@ -118,12 +118,22 @@ pub fn build_swarm<B: NetworkBehaviour>(
     let tcp = tcp::Config::default().nodelay(true);
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp, noise::Config::new, yamux::Config::default)
-        .map_err(|e| setup(&e))?
         .with_quic_config(|mut c| {
             c.handshake_timeout = timeout;
             c
         })
+        // TCP as libp2p's `with_tcp` builds it, plus the handshake deadline, which
+        // `with_tcp` has no setting for.
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp)
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(timeout),
+            )
+        })
+        .map_err(|e| setup(&e))?
         .with_other_transport(|key| {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 MemoryTransport::default()
@@ -152,6 +162,56 @@ pub fn build_swarm<B: NetworkBehaviour>(
 mod tests {
     use super::*;
     use libp2p::{futures::StreamExt as _, swarm::SwarmEvent};
+
+    /// Issue 16, defect 8: `connection_timeout` was not applied to TCP. A peer that
+    /// accepts the TCP connection and never answers the handshake is given up on at the
+    /// deadline (300 ms here; the check allows 5 s, far below anything libp2p would use
+    /// by itself).
+    #[tokio::test]
+    async fn a_stalled_tcp_handshake_fails_at_the_connection_timeout() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        // Accepts and holds connections, never writing a byte.
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = TransportConfig {
+            connection_timeout: Duration::from_millis(300),
+            ..TransportConfig::default()
+        };
+        let mut swarm = build_swarm(crate::identity::generate(), &config, |_| {
+            Limits::default().behaviour()
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        swarm
+            .dial(
+                format!("/ip4/127.0.0.1/tcp/{port}")
+                    .parse::<libp2p::Multiaddr>()
+                    .unwrap(),
+            )
+            .unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let SwarmEvent::OutgoingConnectionError { error, .. } =
+                    swarm.select_next_some().await
+                {
+                    return error;
+                }
+            }
+        })
+        .await
+        .expect("the dial to fail");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "gave up after {took:?}: {error}"
+        );
+        held.abort();
+    }
 
     #[tokio::test]
     async fn listens_on_tcp_quic_and_memory() {
