@@ -113,9 +113,11 @@ fn encode_varint(mut n: u64, out: &mut [u8; MAX_VARINT_LEN]) -> usize {
 
 /// Reads one frame and returns its payload.
 ///
-/// The announced length is checked against `limit` before anything is allocated; the buffer
-/// then grows only as bytes arrive, so a peer that announces a large frame and sends little
-/// costs little. A stream that ends early gives [`CodecError::Truncated`].
+/// The announced length is checked against `limit` before anything is allocated. A payload
+/// of up to 64 KiB is read into a buffer of its announced length, allocated at once; a
+/// larger one gets 64 KiB first and the rest only once those have arrived, so a peer that
+/// announces a large frame and sends little holds at most 64 KiB. A stream that ends early
+/// gives [`CodecError::Truncated`].
 pub async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
     limit: usize,

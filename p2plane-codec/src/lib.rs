@@ -3,8 +3,13 @@
 //!
 //! - [`CborCodec`]: the default [`Codec`], on ciborium, with a maximum message size.
 //! - [`read_frame`] / [`FrameBuf`]: one frame is an unsigned-varint length followed by that
-//!   many bytes. The length is checked against the limit before anything is allocated, and
-//!   the buffer grows only as bytes actually arrive.
+//!   many bytes. The length is checked against the limit before anything is allocated. A
+//!   payload of up to 64 KiB is then read into one buffer of its announced length, allocated
+//!   at once; a larger one is read 64 KiB first, and only once those have arrived is the
+//!   rest reserved in one piece. So a peer that announces a frame and stalls holds at most
+//!   64 KiB per stream here (its announced length up to 64 KiB), and callers that must bound
+//!   more than that (P2PLane's inbound byte budget) charge the announced length before
+//!   reading the body ([`read_frame_len`], then [`read_frame_body`]).
 //! - [`Envelope`]: what a response frame holds: `Ok(body)`, `Rejected`, `Busy` or `Failed`.
 //!
 //! ```
