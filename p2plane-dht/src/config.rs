@@ -6,6 +6,7 @@ use libp2p::{
 };
 
 use crate::{
+    Kademlia,
     state::DhtError,
     store::{DhtStore, PublisherQuota},
 };
@@ -54,6 +55,11 @@ pub struct DhtConfig {
     pub max_records_per_publisher: usize,
     /// Bytes of record values one publishing peer may have this node store. Default 1 MiB.
     pub max_bytes_per_publisher: usize,
+    /// Provider records one peer may have this node store (each with at most
+    /// [`MAX_PROVIDER_ADDRS`](crate::MAX_PROVIDER_ADDRS) addresses). This node's own provider
+    /// records are kept apart and never crowded out by others'. Other peers' provider records
+    /// cover at most `4 × max_records` keys in all. Default 128.
+    pub max_provider_records_per_peer: usize,
     /// A redb file that mirrors the record store, so a restarted node still holds the
     /// records and provider records it stored. Default `None` (memory only).
     pub record_store: Option<PathBuf>,
@@ -73,6 +79,10 @@ impl fmt::Debug for DhtConfig {
             .field("max_value_bytes", &self.max_value_bytes)
             .field("max_records_per_publisher", &self.max_records_per_publisher)
             .field("max_bytes_per_publisher", &self.max_bytes_per_publisher)
+            .field(
+                "max_provider_records_per_peer",
+                &self.max_provider_records_per_peer,
+            )
             .field("record_store", &self.record_store)
             .field("validator", &self.validator.is_some())
             .finish_non_exhaustive()
@@ -94,6 +104,7 @@ impl Default for DhtConfig {
             max_value_bytes: 16 * 1024,
             max_records_per_publisher: 128,
             max_bytes_per_publisher: 1 << 20,
+            max_provider_records_per_peer: 128,
             record_store: None,
             validator: None,
         }
@@ -182,6 +193,13 @@ impl DhtConfig {
         self
     }
 
+    /// Sets how many provider records one peer may have this node store.
+    #[must_use]
+    pub fn with_provider_quota(mut self, records: usize) -> Self {
+        self.max_provider_records_per_peer = records;
+        self
+    }
+
     /// Sets the record validator.
     #[must_use]
     pub fn with_validator(
@@ -210,30 +228,29 @@ impl DhtConfig {
         PublisherQuota {
             records: self.max_records_per_publisher,
             bytes: self.max_bytes_per_publisher,
+            provider_records: self.max_provider_records_per_peer,
         }
     }
 
     /// The record store for node `peer`: in memory, or mirrored to
     /// [`record_store`](Self::record_store) (opened, and loaded, here).
     pub fn open_store(&self, peer: PeerId) -> Result<DhtStore, DhtError> {
-        match &self.record_store {
-            Some(path) => DhtStore::open(path, peer, self.memory_config(), self.quota()),
-            None => Ok(DhtStore::in_memory(
-                peer,
-                self.memory_config(),
-                self.quota(),
-            )),
-        }
+        let store = match &self.record_store {
+            Some(path) => DhtStore::open(path, peer, self.memory_config(), self.quota())?,
+            None => DhtStore::in_memory(peer, self.memory_config(), self.quota()),
+        };
+        Ok(store.with_validator(self.validator.clone()))
     }
 
     /// The Kademlia behaviour for node `peer`, with an in-memory store.
-    pub fn behaviour(&self, peer: PeerId) -> kad::Behaviour<DhtStore> {
-        let store = DhtStore::in_memory(peer, self.memory_config(), self.quota());
+    pub fn behaviour(&self, peer: PeerId) -> Kademlia {
+        let store = DhtStore::in_memory(peer, self.memory_config(), self.quota())
+            .with_validator(self.validator.clone());
         self.behaviour_with_store(peer, store)
     }
 
     /// The Kademlia behaviour for node `peer` with `store` (from [`Self::open_store`]).
-    pub fn behaviour_with_store(&self, peer: PeerId, store: DhtStore) -> kad::Behaviour<DhtStore> {
+    pub fn behaviour_with_store(&self, peer: PeerId, store: DhtStore) -> Kademlia {
         let mut config = kad::Config::new(self.stream_protocol());
         config
             .set_replication_factor(self.replication)
@@ -243,14 +260,15 @@ impl DhtConfig {
             .set_provider_record_ttl(self.provider_ttl)
             .set_periodic_bootstrap_interval(self.bootstrap_interval)
             .set_max_packet_size(self.max_value_bytes + 4096)
-            // Inbound records go through the validator before they are stored.
-            .set_record_filtering(kad::StoreInserts::FilterBoth);
+            // Inbound records are stored as they arrive, by the store, which checks them
+            // (validator, quotas, caps): a record it refuses is not acknowledged.
+            .set_record_filtering(kad::StoreInserts::Unfiltered);
         let mut behaviour = kad::Behaviour::with_config(peer, store, config);
         match self.mode {
             DhtMode::Server => behaviour.set_mode(Some(kad::Mode::Server)),
             DhtMode::Client => behaviour.set_mode(Some(kad::Mode::Client)),
             DhtMode::Automatic => behaviour.set_mode(None),
         }
-        behaviour
+        Kademlia::new(behaviour)
     }
 }

@@ -26,10 +26,12 @@
 //! assert_eq!(config.mode, DhtMode::Server);
 //! ```
 
+mod behaviour;
 mod config;
 mod state;
 pub mod store;
 
+pub use behaviour::Kademlia;
 pub use config::{DhtConfig, DhtMode, RecordValidator};
 pub use state::{DhtCommand, DhtError, DhtState, FoundPeer, Quorum};
-pub use store::{DhtStore, PublisherQuota, StoreStats};
+pub use store::{DhtStore, MAX_PROVIDER_ADDRS, PublisherQuota, StoreStats};

@@ -7,8 +7,7 @@ use futures::channel::oneshot;
 use libp2p::{
     Multiaddr, PeerId,
     kad::{
-        self, GetClosestPeersError, GetProvidersOk, GetRecordOk, InboundRequest, QueryId,
-        QueryResult, RecordKey, store::RecordStore as _,
+        self, GetClosestPeersError, GetProvidersOk, GetRecordOk, QueryId, QueryResult, RecordKey,
     },
 };
 
@@ -252,7 +251,8 @@ impl DhtState {
         }
     }
 
-    /// Feeds a Kademlia event: answers finished queries and validates inbound records.
+    /// Feeds a Kademlia event: answers finished queries. (Inbound records are checked by the
+    /// store as Kademlia stores them; see [`crate::Kademlia`].)
     pub fn on_event(&mut self, kad: &mut Kad, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
@@ -261,36 +261,6 @@ impl DhtState {
                 step,
                 stats,
             } => self.on_progress(kad, id, result, step.last, stats.num_requests()),
-            kad::Event::InboundRequest {
-                request:
-                    InboundRequest::PutRecord {
-                        record: Some(mut record),
-                        source,
-                        ..
-                    },
-            } => match self.check(record.key.as_ref(), &record.value) {
-                Ok(()) => {
-                    // Quotas are charged to the peer that sent the record (the connection's
-                    // handshake proved who that is), whatever publisher the record names: such
-                    // a claim cannot be checked, and would let one peer spread its records over
-                    // made-up publishers, or over this node's own id, which has no quota.
-                    record.publisher = Some(source);
-                    if let Err(e) = kad.store_mut().put(record) {
-                        tracing::debug!(%source, error = %e, "inbound record not stored");
-                    }
-                }
-                Err(reason) => tracing::debug!(%source, %reason, "inbound record rejected"),
-            },
-            kad::Event::InboundRequest {
-                request:
-                    InboundRequest::AddProvider {
-                        record: Some(record),
-                    },
-            } => {
-                if let Err(e) = kad.store_mut().add_provider(record) {
-                    tracing::debug!(error = %e, "provider record not stored");
-                }
-            }
             _ => {}
         }
     }

@@ -33,19 +33,50 @@ const PROVIDERS: TableDefinition<'_, (&[u8], &[u8]), &[u8]> = TableDefinition::n
 /// Writes queued for the store's writer thread at most.
 pub const WRITE_QUEUE: usize = 4096;
 
-/// Limits on what one publishing peer may have this node store.
+/// Limits on what one peer may have this node store.
+///
+/// A record is charged to the peer that sent it when it names that peer (or no one) as its
+/// publisher: a first put, which the connection's handshake proves. A record that names
+/// another publisher (replication, or a claim that cannot be checked) is charged to the
+/// publisher it names, in a separate account, and all such records together may fill at
+/// most half of the store. So an honest node that replicates many records is not throttled
+/// by its own quota, a peer claiming someone else's id cannot use up that peer's own quota,
+/// and made-up publishers can take at most half the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublisherQuota {
     /// Records per publisher.
     pub records: usize,
     /// Bytes of record values per publisher.
     pub bytes: usize,
+    /// Provider records per providing peer (Kademlia proves the provider: a peer can only
+    /// announce itself).
+    pub provider_records: usize,
 }
+
+/// Addresses kept per provider record: a provider announcing more is cut to these.
+pub const MAX_PROVIDER_ADDRS: usize = 8;
 
 #[derive(Default)]
 struct Usage {
     records: usize,
     bytes: usize,
+}
+
+/// Which account a stored record is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Account {
+    /// Put by the peer that sent it.
+    Sent,
+    /// Replicated: charged to the publisher it names.
+    Replicated,
+}
+
+/// Who pays for one stored record.
+#[derive(Clone, Copy)]
+struct Charge {
+    account: Account,
+    peer: PeerId,
+    len: usize,
 }
 
 /// One change to the file.
@@ -120,14 +151,40 @@ pub struct StoreStats {
     pub publishers: usize,
     /// Records held for the publisher with the most.
     pub largest_publisher: usize,
+    /// Records held that name a publisher other than the peer that sent them (replicated,
+    /// or claimed): at most half the store.
+    pub replicated: usize,
+    /// Other peers' provider records held.
+    pub provider_records: usize,
+    /// Provider records held for the other peer with the most.
+    pub largest_provider: usize,
+    /// This node's own provider records.
+    pub own_provider_records: usize,
 }
 
-/// A Kademlia record store with per-publisher quotas and optional persistence.
+/// A Kademlia record store with per-peer quotas (see [`PublisherQuota`]), a validator, and
+/// optional persistence.
+///
+/// Records and provider records from the network are checked here, as they are stored: a
+/// record refused (by the validator, a quota, or a full store) is reported to Kademlia as
+/// not stored, so the putting peer does not count this node toward its quorum.
 pub struct DhtStore {
     local: PeerId,
+    /// Records, and other peers' provider records.
     memory: MemoryStore,
+    /// This node's own provider records: other peers' cannot crowd them out.
+    own: MemoryStore,
     quota: PublisherQuota,
-    usage: HashMap<PeerId, Usage>,
+    validator: Option<crate::RecordValidator>,
+    /// The peer whose message is being handled, set by [`crate::Kademlia`] around each one.
+    sender: Option<PeerId>,
+    sent: HashMap<PeerId, Usage>,
+    replicated: HashMap<PeerId, Usage>,
+    replicated_records: usize,
+    charges: HashMap<RecordKey, Charge>,
+    /// Provider records held per providing peer.
+    providers: HashMap<PeerId, usize>,
+    max_records: usize,
     disk: Option<Disk>,
 }
 
@@ -135,7 +192,8 @@ impl std::fmt::Debug for DhtStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DhtStore")
             .field("quota", &self.quota)
-            .field("publishers", &self.usage.len())
+            .field("publishers", &self.sent.len())
+            .field("replicated_publishers", &self.replicated.len())
             .field("persistent", &self.disk.is_some())
             .finish_non_exhaustive()
     }
@@ -233,11 +291,39 @@ impl DhtStore {
     pub fn in_memory(local: PeerId, config: MemoryStoreConfig, quota: PublisherQuota) -> Self {
         Self {
             local,
-            memory: MemoryStore::with_config(local, config),
+            max_records: config.max_records,
+            own: MemoryStore::with_config(local, config.clone()),
+            // Other peers' provider records: keys up to four times the records held.
+            memory: MemoryStore::with_config(
+                local,
+                MemoryStoreConfig {
+                    max_provided_keys: config.max_records.saturating_mul(4),
+                    ..config
+                },
+            ),
             quota,
-            usage: HashMap::new(),
+            validator: None,
+            sender: None,
+            sent: HashMap::new(),
+            replicated: HashMap::new(),
+            replicated_records: 0,
+            charges: HashMap::new(),
+            providers: HashMap::new(),
             disk: None,
         }
+    }
+
+    /// Checks every record with `validator` before it is stored.
+    #[must_use]
+    pub fn with_validator(mut self, validator: Option<crate::RecordValidator>) -> Self {
+        self.validator = validator;
+        self
+    }
+
+    /// Records that the messages handled from now on come from `peer` (`None`: from this
+    /// node). [`crate::Kademlia`] sets it around each message from a connection.
+    pub fn set_sender(&mut self, peer: Option<PeerId>) {
+        self.sender = peer;
     }
 
     /// A store mirrored to the redb file at `path` (created if missing), loaded with the
@@ -295,7 +381,7 @@ impl DhtStore {
                     let record = decode_provider(record_key, provider, value.value())
                         .ok_or_else(|| storage_error("a provider record does not decode"))?;
                     if let Ok(record) = record {
-                        let _ = self.memory.add_provider(record);
+                        let _ = self.add_provider_in_memory(record);
                     }
                 }
             }
@@ -321,16 +407,36 @@ impl DhtStore {
 
     /// What the store holds.
     pub fn stats(&self) -> StoreStats {
+        let publishers: std::collections::HashSet<&PeerId> =
+            self.sent.keys().chain(self.replicated.keys()).collect();
         StoreStats {
             records: self.memory.records().count(),
-            publishers: self.usage.len(),
-            largest_publisher: self.usage.values().map(|u| u.records).max().unwrap_or(0),
+            publishers: publishers.len(),
+            largest_publisher: publishers
+                .iter()
+                .map(|p| self.records_by(p))
+                .max()
+                .unwrap_or(0),
+            replicated: self.replicated_records,
+            provider_records: self.providers.values().sum(),
+            largest_provider: self.providers.values().copied().max().unwrap_or(0),
+            own_provider_records: self.own.provided().count(),
         }
     }
 
-    /// Records stored for `publisher`.
+    /// Records stored for `publisher` (put by it, and replicated naming it).
     pub fn records_by(&self, publisher: &PeerId) -> usize {
-        self.usage.get(publisher).map_or(0, |u| u.records)
+        self.sent.get(publisher).map_or(0, |u| u.records)
+            + self.replicated.get(publisher).map_or(0, |u| u.records)
+    }
+
+    /// Provider records held for `provider` (this node's own included).
+    pub fn provider_records_by(&self, provider: &PeerId) -> usize {
+        if *provider == self.local {
+            self.own.provided().count()
+        } else {
+            self.providers.get(provider).copied().unwrap_or(0)
+        }
     }
 
     /// Queues `op` for the writer thread, waiting for room when the queue is full: a write
@@ -345,46 +451,134 @@ impl DhtStore {
         })
     }
 
-    fn put_in_memory(&mut self, record: Record) -> store::Result<()> {
-        let previous = self
-            .memory
-            .get(&record.key)
-            .map(|r| (r.publisher, r.value.len()));
-        // The node's own records are bounded by the total only.
-        if let Some(publisher) = record.publisher.filter(|p| *p != self.local) {
-            let usage = self.usage.get(&publisher);
-            let (records, bytes) = usage.map_or((0, 0), |u| (u.records, u.bytes));
+    /// Who pays for `record`, sent by `sender` (`None`: this node, or a load from disk);
+    /// `None` for this node's own records, which only the store's total bounds.
+    fn charge_for(&self, record: &mut Record) -> Option<Charge> {
+        let len = record.value.len();
+        match self.sender {
+            Some(sender) if record.publisher.is_none_or(|p| p == sender) => {
+                record.publisher = Some(sender);
+                Some(Charge {
+                    account: Account::Sent,
+                    peer: sender,
+                    len,
+                })
+            }
+            Some(_) => record.publisher.map(|peer| Charge {
+                account: Account::Replicated,
+                peer,
+                len,
+            }),
+            None => record
+                .publisher
+                .filter(|p| *p != self.local)
+                .map(|peer| Charge {
+                    account: Account::Sent,
+                    peer,
+                    len,
+                }),
+        }
+    }
+
+    fn account(&mut self, account: Account) -> &mut HashMap<PeerId, Usage> {
+        match account {
+            Account::Sent => &mut self.sent,
+            Account::Replicated => &mut self.replicated,
+        }
+    }
+
+    fn put_in_memory(&mut self, mut record: Record) -> store::Result<()> {
+        if let Some(validator) = &self.validator
+            && let Err(reason) = validator(record.key.as_ref(), &record.value)
+        {
+            tracing::debug!(sender = ?self.sender, %reason, "record refused by the validator");
+            return Err(store::Error::ValueTooLarge);
+        }
+        let charge = self.charge_for(&mut record);
+        let previous = self.charges.get(&record.key).copied();
+        if let Some(charge) = charge {
+            // Replacing a record already charged to the same account and peer is no new
+            // record.
             let (replaced_records, replaced_bytes) = match previous {
-                Some((Some(p), len)) if p == publisher => (1, len),
+                Some(p) if p.account == charge.account && p.peer == charge.peer => (1, p.len),
                 _ => (0, 0),
             };
-            if records - replaced_records >= self.quota.records
-                || bytes - replaced_bytes + record.value.len() > self.quota.bytes
+            let quota = self.quota;
+            let usage = self.account(charge.account).get(&charge.peer);
+            let (records, bytes) = usage.map_or((0, 0), |u| (u.records, u.bytes));
+            if records - replaced_records >= quota.records
+                || bytes - replaced_bytes + charge.len > quota.bytes
+            {
+                return Err(store::Error::MaxRecords);
+            }
+            let replaced_replicated =
+                usize::from(previous.is_some_and(|p| p.account == Account::Replicated));
+            if charge.account == Account::Replicated
+                && self.replicated_records - replaced_replicated >= self.max_records / 2
             {
                 return Err(store::Error::MaxRecords);
             }
         }
-        let (publisher, len) = (record.publisher, record.value.len());
+        let key = record.key.clone();
         self.memory.put(record)?;
-        if let Some((Some(old), old_len)) = previous {
-            self.release(&old, old_len);
+        if let Some(previous) = previous {
+            self.release(&key, previous);
         }
-        if let Some(publisher) = publisher {
-            let usage = self.usage.entry(publisher).or_default();
+        if let Some(charge) = charge {
+            let usage = self.account(charge.account).entry(charge.peer).or_default();
             usage.records += 1;
-            usage.bytes += len;
+            usage.bytes += charge.len;
+            if charge.account == Account::Replicated {
+                self.replicated_records += 1;
+            }
+            self.charges.insert(key, charge);
         }
         Ok(())
     }
 
-    fn release(&mut self, publisher: &PeerId, len: usize) {
-        if let Some(usage) = self.usage.get_mut(publisher) {
+    fn release(&mut self, key: &RecordKey, charge: Charge) {
+        self.charges.remove(key);
+        if charge.account == Account::Replicated {
+            self.replicated_records = self.replicated_records.saturating_sub(1);
+        }
+        let account = self.account(charge.account);
+        if let Some(usage) = account.get_mut(&charge.peer) {
             usage.records = usage.records.saturating_sub(1);
-            usage.bytes = usage.bytes.saturating_sub(len);
+            usage.bytes = usage.bytes.saturating_sub(charge.len);
             if usage.records == 0 {
-                self.usage.remove(publisher);
+                account.remove(&charge.peer);
             }
         }
+    }
+
+    /// Adds a provider record: this node's own to its own store, another peer's within
+    /// that peer's quota, with at most [`MAX_PROVIDER_ADDRS`] addresses.
+    fn add_provider_in_memory(&mut self, mut record: ProviderRecord) -> store::Result<()> {
+        if record.provider == self.local {
+            return self.own.add_provider(record);
+        }
+        record.addresses.truncate(MAX_PROVIDER_ADDRS);
+        let (key, provider) = (record.key.clone(), record.provider);
+        let held = |memory: &MemoryStore| {
+            memory
+                .providers(&key)
+                .iter()
+                .any(|p| p.provider == provider)
+        };
+        if held(&self.memory) {
+            // A refresh of a record already charged.
+            return self.memory.add_provider(record);
+        }
+        let count = self.providers.get(&provider).copied().unwrap_or(0);
+        if count >= self.quota.provider_records {
+            return Err(store::Error::MaxProvidedKeys);
+        }
+        self.memory.add_provider(record)?;
+        // A key with its full share of providers ignores a new one.
+        if held(&self.memory) {
+            *self.providers.entry(provider).or_default() += 1;
+        }
+        Ok(())
     }
 }
 
@@ -412,20 +606,19 @@ impl RecordStore for DhtStore {
     }
 
     fn put(&mut self, record: Record) -> store::Result<()> {
-        let encoded = self.disk.is_some().then(|| encode_record(&record));
-        let key = record.key.to_vec();
+        let key = record.key.clone();
         self.put_in_memory(record)?;
-        match encoded {
-            Some(encoded) => self.write(Op::PutRecord(key, encoded)),
-            None => Ok(()),
-        }
+        // Encoded as stored (the publisher it is charged to).
+        let encoded = match (&self.disk, self.memory.get(&key)) {
+            (Some(_), Some(stored)) => encode_record(&stored),
+            _ => return Ok(()),
+        };
+        self.write(Op::PutRecord(key.to_vec(), encoded))
     }
 
     fn remove(&mut self, k: &RecordKey) {
-        if let Some((Some(publisher), len)) =
-            self.memory.get(k).map(|r| (r.publisher, r.value.len()))
-        {
-            self.release(&publisher, len);
+        if let Some(charge) = self.charges.get(k).copied() {
+            self.release(k, charge);
         }
         self.memory.remove(k);
         let _ = self.write(Op::RemoveRecord(k.to_vec()));
@@ -435,10 +628,11 @@ impl RecordStore for DhtStore {
         self.memory.records()
     }
 
-    fn add_provider(&mut self, record: ProviderRecord) -> store::Result<()> {
+    fn add_provider(&mut self, mut record: ProviderRecord) -> store::Result<()> {
+        record.addresses.truncate(MAX_PROVIDER_ADDRS);
         let encoded = self.disk.is_some().then(|| encode_provider(&record));
         let (key, provider) = (record.key.to_vec(), record.provider.to_bytes());
-        self.memory.add_provider(record)?;
+        self.add_provider_in_memory(record)?;
         match encoded {
             Some(encoded) => self.write(Op::PutProvider(key, provider, encoded)),
             None => Ok(()),
@@ -446,15 +640,27 @@ impl RecordStore for DhtStore {
     }
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
-        self.memory.providers(key)
+        let mut providers = self.own.providers(key);
+        providers.extend(self.memory.providers(key));
+        providers
     }
 
     fn provided(&self) -> Self::ProvidedIter<'_> {
-        self.memory.provided()
+        self.own.provided()
     }
 
     fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
-        self.memory.remove_provider(k, p);
+        if *p == self.local {
+            self.own.remove_provider(k, p);
+        } else if self.memory.providers(k).iter().any(|r| r.provider == *p) {
+            self.memory.remove_provider(k, p);
+            if let Some(count) = self.providers.get_mut(p) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.providers.remove(p);
+                }
+            }
+        }
         let _ = self.write(Op::RemoveProvider(k.to_vec(), p.to_bytes()));
     }
 }
@@ -465,6 +671,7 @@ mod tests {
 
     fn quota() -> PublisherQuota {
         PublisherQuota {
+            provider_records: 3,
             records: 3,
             bytes: 100,
         }
@@ -503,6 +710,149 @@ mod tests {
         store.remove(&RecordKey::new(&"g0"));
         assert_eq!(store.records_by(&greedy), 2);
         store.put(record("g3", 10, greedy)).unwrap();
+    }
+
+    /// Issue 16, defect 6: records a peer replicates (naming other publishers) were charged
+    /// to that peer's own quota, so an honest node replicating more than its quota was
+    /// throttled. They are charged to the publishers they name, in an account of their own.
+    #[test]
+    fn replication_is_charged_to_the_named_publisher_not_the_sender() {
+        let local = PeerId::random();
+        let mut store = DhtStore::in_memory(local, MemoryStoreConfig::default(), quota());
+        let replicator = PeerId::random();
+        store.set_sender(Some(replicator));
+        // Ten records of ten publishers: three times the replicator's own quota.
+        for i in 0..10 {
+            store
+                .put(record(&format!("r{i}"), 10, PeerId::random()))
+                .unwrap_or_else(|e| panic!("replicated record {i}: {e:?}"));
+        }
+        assert_eq!(store.records_by(&replicator), 0);
+        // Its own puts still have its whole quota.
+        for i in 0..3 {
+            let mut own = record(&format!("own{i}"), 10, replicator);
+            own.publisher = None;
+            store.put(own).unwrap();
+        }
+        assert_eq!(store.records_by(&replicator), 3);
+        assert_eq!(
+            store.get(&RecordKey::new(&"own0")).unwrap().publisher,
+            Some(replicator)
+        );
+        assert!(store.put(record("own3", 10, replicator)).is_err());
+    }
+
+    /// A peer naming someone else as publisher cannot use up that peer's own quota, and
+    /// records naming other publishers fill at most half the store.
+    #[test]
+    fn claimed_publishers_are_bounded_and_cannot_exhaust_the_real_ones() {
+        let local = PeerId::random();
+        let config = MemoryStoreConfig {
+            max_records: 8,
+            ..MemoryStoreConfig::default()
+        };
+        let mut store = DhtStore::in_memory(local, config, quota());
+        let (victim, liar) = (PeerId::random(), PeerId::random());
+        store.set_sender(Some(liar));
+        for i in 0..3 {
+            store.put(record(&format!("fake{i}"), 1, victim)).unwrap();
+        }
+        assert!(store.put(record("fake3", 1, victim)).is_err(), "quota");
+        // Made-up publishers: half the store (4), no more.
+        store.put(record("made-up", 1, PeerId::random())).unwrap();
+        assert!(store.put(record("made-up2", 1, PeerId::random())).is_err());
+        // The victim's own puts are untouched.
+        store.set_sender(Some(victim));
+        for i in 0..3 {
+            store.put(record(&format!("real{i}"), 1, victim)).unwrap();
+        }
+        assert_eq!(store.records_by(&victim), 6);
+        // Removing a replicated record frees its place.
+        store.remove(&RecordKey::new(&"made-up"));
+        store.set_sender(Some(liar));
+        store.put(record("made-up2", 1, PeerId::random())).unwrap();
+    }
+
+    #[test]
+    fn the_validator_refuses_before_anything_is_stored() {
+        let local = PeerId::random();
+        let validator: crate::RecordValidator = std::sync::Arc::new(|key: &[u8], _: &[u8]| {
+            if key.starts_with(b"bad") {
+                Err("bad key".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        let mut store = DhtStore::in_memory(local, MemoryStoreConfig::default(), quota())
+            .with_validator(Some(validator));
+        let sender = PeerId::random();
+        store.set_sender(Some(sender));
+        assert!(store.put(record("bad-1", 1, sender)).is_err());
+        assert!(store.get(&RecordKey::new(&"bad-1")).is_none());
+        assert_eq!(store.records_by(&sender), 0);
+        store.put(record("good", 1, sender)).unwrap();
+    }
+
+    /// Issue 16, defect 5: provider records had no per-peer quota and no cap on addresses,
+    /// and shared one table with this node's own, so one peer could fill every slot and
+    /// this node's own `start_providing` failed.
+    #[test]
+    fn provider_records_have_a_quota_per_peer_and_own_records_are_apart() {
+        let local = PeerId::random();
+        let config = MemoryStoreConfig {
+            max_provided_keys: 4,
+            max_records: 1,
+            ..MemoryStoreConfig::default()
+        };
+        let mut store = DhtStore::in_memory(local, config, quota());
+        let flooder = PeerId::random();
+        let provider = |key: &str, peer: PeerId, addrs: usize| ProviderRecord {
+            key: RecordKey::new(&key),
+            provider: peer,
+            expires: None,
+            addresses: (0..addrs)
+                .map(|i| format!("/ip4/192.0.2.1/tcp/{}", i + 1).parse().unwrap())
+                .collect(),
+        };
+        for i in 0..3 {
+            store
+                .add_provider(provider(&format!("k{i}"), flooder, 300))
+                .unwrap();
+        }
+        assert!(
+            store.add_provider(provider("k3", flooder, 1)).is_err(),
+            "quota"
+        );
+        // A refresh of a held record is no new record.
+        store.add_provider(provider("k0", flooder, 1)).unwrap();
+        assert_eq!(store.provider_records_by(&flooder), 3);
+        assert!(
+            store
+                .providers(&RecordKey::new(&"k1"))
+                .iter()
+                .all(|p| p.addresses.len() <= MAX_PROVIDER_ADDRS)
+        );
+        // Another peer fills the rest of the shared table (4 keys).
+        let other = PeerId::random();
+        store.add_provider(provider("k9", other, 1)).unwrap();
+        assert!(
+            store.add_provider(provider("k8", other, 1)).is_err(),
+            "table full"
+        );
+        // This node's own provider records are apart: they still go in.
+        for i in 0..4 {
+            store
+                .add_provider(provider(&format!("mine{i}"), local, 1))
+                .unwrap();
+        }
+        assert_eq!(store.provided().count(), 4);
+        assert_eq!(
+            store.providers(&RecordKey::new(&"mine0"))[0].provider,
+            local
+        );
+        store.remove_provider(&RecordKey::new(&"k0"), &flooder);
+        assert_eq!(store.provider_records_by(&flooder), 2);
+        store.add_provider(provider("k3", flooder, 1)).unwrap();
     }
 
     /// A million mutated stored records and provider records: each decodes or is refused,
@@ -558,6 +908,7 @@ mod tests {
         let quota = PublisherQuota {
             records: PUTS,
             bytes: usize::MAX,
+            provider_records: 1,
         };
         let publisher = PeerId::random();
         {

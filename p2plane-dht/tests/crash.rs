@@ -26,6 +26,7 @@ fn open(path: &Path) -> DhtStore {
     let quota = PublisherQuota {
         records: 1_000_000,
         bytes: 1 << 30,
+        provider_records: 1_000_000,
     };
     DhtStore::open(path, PeerId::random(), config, quota).expect("the store opens")
 }

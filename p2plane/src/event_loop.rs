@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, ping,
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, ping,
     swarm::{
         ConnectionId, DialError, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle,
         dial_opts::DialOpts,
@@ -36,7 +36,7 @@ pub(crate) struct Behaviour {
     pub(crate) streams: streams::Behaviour,
     pub(crate) identify: Delayed<identify::Behaviour>,
     pub(crate) ping: Delayed<ping::Behaviour>,
-    pub(crate) kad: Toggle<kad::Behaviour<p2plane_dht::DhtStore>>,
+    pub(crate) kad: Toggle<p2plane_dht::Kademlia>,
     pub(crate) gossipsub: Toggle<gossipsub::Behaviour>,
     pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
 }

@@ -263,3 +263,38 @@ async fn a_damaged_record_store_file_is_a_typed_error() {
         other => panic!("expected a record store error, got {other:?}"),
     }
 }
+
+/// Issue 16, defect 3: a record the remote refused (store cap, quota, validator) was still
+/// acknowledged to the putter, so quorums were over-counted. Now a putter counts only the
+/// nodes that stored the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_counts_only_nodes_that_stored_the_record() {
+    // B stores one record at most, and refuses the `bad/` namespace; A has no validator.
+    let b = echo_node(dht_config_with(
+        DhtConfig::default().with_store_limits(1, 1024),
+    ))
+    .await;
+    let a_config = config(TCP)
+        .with_private_addrs(true)
+        .with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)));
+    let a = join(&first_addr(&b).await, a_config).await;
+
+    within("first put", a.dht().put_record("first", "1", Quorum::One))
+        .await
+        .expect("B stores the first record");
+    let second = within("second put", a.dht().put_record("second", "2", Quorum::One)).await;
+    assert!(
+        matches!(second, Err(DhtError::QuorumFailed { success: 0, .. })),
+        "B is full, yet the put was counted: {second:?}"
+    );
+    let refused = within("refused put", a.dht().put_record("bad/x", "3", Quorum::One)).await;
+    assert!(
+        matches!(refused, Err(DhtError::QuorumFailed { success: 0, .. })),
+        "B's validator refused it, yet the put was counted: {refused:?}"
+    );
+    assert_eq!(b.dht().store_stats().await.unwrap().records, 1);
+    assert_eq!(
+        within("get", b.dht().get_record("first")).await.unwrap(),
+        b"1".to_vec()
+    );
+}

@@ -1,8 +1,10 @@
-//! DHT abuse (issue 8, point 7). Hostile peers on plain libp2p (Kademlia and identify):
-//! one, then twenty identities send 10,000 records straight to a node, naming made-up
-//! publishers; one answers lookups with 20 fake peers; one claims hundreds of addresses in
-//! identify. The quotas must hold, honest records stay retrievable, fakes stay out of the
-//! routing table, and a peer's addresses stay capped.
+//! DHT abuse. Hostile peers on plain libp2p (Kademlia and identify): one, then twenty
+//! identities send thousands of records straight to a node, naming themselves or made-up
+//! publishers, and announce themselves as providers of thousands of keys; one answers
+//! lookups with 20 fake peers; one claims hundreds of addresses in identify. The quotas
+//! must hold exactly (neither more nor, for a peer that sent more, less), honest records
+//! stay retrievable, the node's own providing keeps working, fakes stay out of the routing
+//! table, and a peer's addresses stay capped.
 //!
 //! Prints `FIGURE` lines (run with `-- --nocapture`).
 
@@ -38,12 +40,18 @@ struct Hostile {
     identify: identify::Behaviour,
 }
 
-/// A hostile peer: its id, the fake peers it hands out, and where to send it records to
-/// put at the victim.
+/// What a hostile peer is told to send: records to put at the victim, or keys to announce
+/// itself as a provider of.
+enum Batch {
+    Records(Vec<Record>),
+    Provide(Vec<RecordKey>),
+}
+
+/// A hostile peer: its id, the fake peers it hands out, and where to send it batches.
 struct Attacker {
     id: PeerId,
     fakes: Vec<PeerId>,
-    records: tokio::sync::mpsc::Sender<Vec<Record>>,
+    records: tokio::sync::mpsc::Sender<Batch>,
     /// Lookups (FIND_NODE) the victim sent it, each answered with the fakes.
     asked: Arc<AtomicUsize>,
 }
@@ -86,7 +94,7 @@ async fn hostile(victim: (PeerId, Multiaddr), fakes: usize, claimed_addrs: usize
         .kad
         .add_address(&victim.0, victim.1.clone());
     swarm.dial(victim.1).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Record>>(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
     let (id, victim) = (*swarm.local_peer_id(), victim.0);
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
@@ -95,14 +103,25 @@ async fn hostile(victim: (PeerId, Multiaddr), fakes: usize, claimed_addrs: usize
         loop {
             tokio::select! {
                 batch = rx.recv(), if pending == 0 => {
-                    let Some(batch) = batch else { return };
-                    for record in batch {
-                        swarm.behaviour_mut().kad.put_record_to(
-                            record,
-                            std::iter::once(victim),
-                            kad::Quorum::One,
-                        );
-                        pending += 1;
+                    match batch {
+                        None => return,
+                        Some(Batch::Records(records)) => {
+                            for record in records {
+                                swarm.behaviour_mut().kad.put_record_to(
+                                    record,
+                                    std::iter::once(victim),
+                                    kad::Quorum::One,
+                                );
+                                pending += 1;
+                            }
+                        }
+                        Some(Batch::Provide(keys)) => {
+                            for key in keys {
+                                if swarm.behaviour_mut().kad.start_providing(key).is_ok() {
+                                    pending += 1;
+                                }
+                            }
+                        }
                     }
                 }
                 event = swarm.select_next_some() => {
@@ -114,7 +133,8 @@ async fn hostile(victim: (PeerId, Multiaddr), fakes: usize, claimed_addrs: usize
                     }
                     if let SwarmEvent::Behaviour(HostileEvent::Kad(
                         kad::Event::OutboundQueryProgressed {
-                            result: kad::QueryResult::PutRecord(_),
+                            result:
+                                kad::QueryResult::PutRecord(_) | kad::QueryResult::StartProviding(_),
                             step,
                             ..
                         },
@@ -139,23 +159,53 @@ async fn hostile(victim: (PeerId, Multiaddr), fakes: usize, claimed_addrs: usize
 /// answered.
 async fn send_records(attacker: &Attacker, records: Vec<Record>) {
     for batch in records.chunks(100) {
-        attacker.records.send(batch.to_vec()).await.unwrap();
+        attacker
+            .records
+            .send(Batch::Records(batch.to_vec()))
+            .await
+            .unwrap();
     }
-    // A batch is taken only once the one before is answered: the second empty one goes
-    // in once the last real batch is done.
+    done(attacker).await;
+}
+
+/// Has `attacker` announce itself as a provider of `keys`, in batches of 100.
+async fn send_provides(attacker: &Attacker, keys: Vec<RecordKey>) {
+    for batch in keys.chunks(100) {
+        attacker
+            .records
+            .send(Batch::Provide(batch.to_vec()))
+            .await
+            .unwrap();
+    }
+    done(attacker).await;
+}
+
+/// Returns once the attacker's last batch is answered: a batch is taken only once the one
+/// before is, so the second empty one goes in once the last real batch is done.
+async fn done(attacker: &Attacker) {
     for _ in 0..2 {
-        attacker.records.send(Vec::new()).await.unwrap();
+        attacker
+            .records
+            .send(Batch::Records(Vec::new()))
+            .await
+            .unwrap();
     }
 }
 
-fn spam(from: usize, n: usize) -> Vec<Record> {
+/// Records naming made-up publishers (`claimed`), or naming the sender itself.
+fn spam(from: usize, n: usize, claimed: bool) -> Vec<Record> {
     (from..from + n)
         .map(|i| {
             let mut record = Record::new(RecordKey::new(&format!("spam-{i}")), vec![7; 64]);
-            // A made-up publisher on every record.
-            record.publisher = Some(PeerId::random());
+            record.publisher = claimed.then(PeerId::random);
             record
         })
+        .collect()
+}
+
+fn provider_keys(from: usize, n: usize) -> Vec<RecordKey> {
+    (from..from + n)
+        .map(|i| RecordKey::new(&format!("provided-{i}")))
         .collect()
 }
 
@@ -193,37 +243,86 @@ async fn record_spam_fake_peers_and_address_floods_are_contained() {
             .await
             .expect("honest put");
     }
-    let honest_stored = victim.dht().store_stats().await.unwrap().records;
+    // A put with quorum one returns at the first store; the victim's may follow.
+    let honest_stored = within("the victim to store the honest records", async {
+        loop {
+            let stored = victim.dht().store_stats().await.unwrap().records;
+            if stored >= 20 {
+                return stored;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(honest_stored, 20, "the honest records are stored");
 
-    // One peer, 10,000 records with made-up publishers; then twenty peers, 500 each.
+    // One peer: 2,000 records naming itself, then 2,000 naming made-up publishers, then
+    // announcing itself as provider of 2,000 keys.
     let target = (victim.local_peer_id(), victim_addr.clone());
     let one = hostile(target.clone(), 0, 0).await;
-    send_records(&one, spam(0, 10_000)).await;
+    send_records(&one, spam(0, 2_000, false)).await;
+    let own_spam = victim.dht().store_stats().await.unwrap();
+    send_records(&one, spam(2_000, 2_000, true)).await;
+    let claimed_spam = victim.dht().store_stats().await.unwrap();
+    send_provides(&one, provider_keys(0, 2_000)).await;
     let after_one = victim.dht().store_stats().await.unwrap();
+    // The node's own providing still works during the flood.
+    victim
+        .dht()
+        .start_providing("victim's own file")
+        .await
+        .expect("the victim provides");
+    // Twenty more peers, 300 records and 300 provider announcements each.
     for k in 0..20 {
         let sybil = hostile(target.clone(), 0, 0).await;
-        send_records(&sybil, spam(10_000 + k * 500, 500)).await;
+        send_records(&sybil, spam(10_000 + k * 300, 300, false)).await;
+        send_provides(&sybil, provider_keys(10_000 + k * 300, 300)).await;
     }
     let after_twenty = victim.dht().store_stats().await.unwrap();
+    // An honest node provides a key during (after) the floods; another finds it.
+    honest[0]
+        .dht()
+        .start_providing("honest file")
+        .await
+        .expect("the honest node provides");
+    let found = honest[1].dht().providers("honest file").await.unwrap();
     let mut retrievable = 0;
     for i in 0..20 {
         let got = honest[1].dht().get_record(format!("honest-{i}")).await;
         retrievable += usize::from(got.is_ok_and(|v| v == format!("value-{i}").into_bytes()));
     }
     println!(
-        "FIGURE dht-record-spam: 1 peer sent 10,000 records (made-up publishers): the node \
-         stored {} of them (quota {QUOTA} per sending peer); 20 peers sent 500 each: {} \
-         stored from {} publishers, largest {} (store cap 1,024); honest records {retrievable}/20 \
-         retrievable",
-        after_one.largest_publisher,
-        after_twenty.records - honest_stored,
-        after_twenty.publishers,
+        "FIGURE dht-record-spam: 1 peer sent 2,000 records naming itself: {} stored (quota \
+         {QUOTA}); 2,000 naming made-up publishers: {} stored (half the store); 2,000 provider \
+         announcements: {} stored (quota {QUOTA}); 20 more peers, 300 records and 300 \
+         announcements each: {} records in all (cap 1,024), largest publisher {}, {} provider \
+         records, largest provider {}; honest records {retrievable}/20 retrievable; the \
+         victim's own and an honest node's providing worked ({} providers found)",
+        own_spam.records - honest_stored,
+        claimed_spam.replicated,
+        after_one.largest_provider,
+        after_twenty.records,
         after_twenty.largest_publisher,
+        after_twenty.provider_records,
+        after_twenty.largest_provider,
+        found.len(),
     );
-    assert!(after_one.largest_publisher <= QUOTA, "{after_one:?}");
-    assert!(after_one.records <= 20 + QUOTA, "{after_one:?}");
-    assert!(after_twenty.largest_publisher <= QUOTA, "{after_twenty:?}");
-    assert!(after_twenty.records <= 1024, "{after_twenty:?}");
+    // Exact figures: a quota that stored less than it allows is as wrong as one that
+    // stored more.
+    assert_eq!(own_spam.records - honest_stored, QUOTA, "{own_spam:?}");
+    assert_eq!(claimed_spam.replicated, 512, "{claimed_spam:?}");
+    assert_eq!(
+        claimed_spam.records,
+        honest_stored + QUOTA + 512,
+        "{claimed_spam:?}"
+    );
+    assert_eq!(after_one.largest_provider, QUOTA, "{after_one:?}");
+    assert_eq!(after_one.own_provider_records, 0, "{after_one:?}");
+    assert_eq!(after_twenty.records, 1024, "{after_twenty:?}");
+    assert_eq!(after_twenty.largest_publisher, QUOTA, "{after_twenty:?}");
+    assert_eq!(after_twenty.largest_provider, QUOTA, "{after_twenty:?}");
+    assert_eq!(after_twenty.own_provider_records, 1, "{after_twenty:?}");
+    assert!(found.contains(&honest[0].local_peer_id()), "{found:?}");
     assert_eq!(retrievable, 20);
 
     // A peer that answers lookups with 20 fake peers, and claims 300 addresses.

@@ -166,8 +166,18 @@ impl InboundSubstreamState {
                 phantom: PhantomData,
             },
         ) {
+            // P2PLANE PATCH: a substream waiting for the behaviour is polled again only when
+            // its waker fires (the substreams sit in a `SelectAll`); closing it without waking
+            // left it in `Closing` for ever, holding one of the connection's 32 inbound slots
+            // (after 32 refused records, every new inbound Kademlia stream from that peer was
+            // dropped). Wake it, as `try_answer_with` does.
+            InboundSubstreamState::WaitingBehaviour(_, substream, mut waker) => {
+                *self = InboundSubstreamState::Closing(substream);
+                if let Some(waker) = waker.take() {
+                    waker.wake();
+                }
+            }
             InboundSubstreamState::WaitingMessage { substream, .. }
-            | InboundSubstreamState::WaitingBehaviour(_, substream, _)
             | InboundSubstreamState::PendingSend(_, substream, _)
             | InboundSubstreamState::PendingFlush(_, substream)
             | InboundSubstreamState::Closing(substream) => {
