@@ -41,6 +41,8 @@ pub(crate) struct Budget {
     total: usize,
     per_peer: usize,
     peers: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    /// The most bytes held at once so far.
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 impl Budget {
@@ -51,6 +53,7 @@ impl Budget {
             total: global.min(cap),
             per_peer: per_peer.min(global).min(cap),
             peers: Mutex::default(),
+            peak: Default::default(),
         }
     }
 
@@ -77,7 +80,18 @@ impl Budget {
         let n = u32::try_from(bytes.max(1)).ok()?;
         let peer = Arc::clone(peer).try_acquire_many_owned(n).ok()?;
         let global = Arc::clone(&self.global).try_acquire_many_owned(n).ok()?;
+        self.note_peak();
         Some(Charge { global, peer })
+    }
+
+    fn note_peak(&self) {
+        self.peak
+            .fetch_max(self.held(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The most bytes held at once since the node started.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes `charge` hold at least `bytes`, waiting up to `wait` for room; `false` when
@@ -111,6 +125,7 @@ impl Budget {
         match tokio::time::timeout(wait, acquire).await {
             Ok(Some(extra)) => {
                 charge.merge(extra);
+                self.note_peak();
                 true
             }
             _ => false,

@@ -451,6 +451,12 @@ impl<P: Protocol> Node<P> {
         self.shared.budget.held()
     }
 
+    /// The most bytes [`Node::inbound_bytes`] has been at once since the node started: a
+    /// high-water mark taken at every charge, so no brief peak is missed.
+    pub fn inbound_bytes_peak(&self) -> usize {
+        self.shared.budget.peak()
+    }
+
     /// The node's peer store.
     pub fn peer_store(&self) -> Arc<dyn PeerStore> {
         Arc::clone(&self.shared.config.peer_store)

@@ -189,8 +189,15 @@ async fn a_flooding_peer_gets_its_limit_and_honest_peers_keep_their_service() {
         busy / elapsed,
         flood_p99.as_secs_f64() / base_p99.as_secs_f64(),
     );
-    // The 10,000 req/s at least (pacing lands within 1 % of its rate).
-    assert!(sent / elapsed >= 9_900.0, "the flood reached 10,000 req/s");
+    // A flood, measured against the limit it tests rather than as an absolute rate (the
+    // rate reached is a figure of the build and the machine, printed above): the attacker
+    // sent at least ten times what it was allowed, and most of it was refused.
+    assert!(
+        sent / elapsed >= 10.0 * LIMIT_PER_SECOND as f64,
+        "the attacker sent {:.0} req/s, under 10 x its limit of {LIMIT_PER_SECOND}/s",
+        sent / elapsed
+    );
+    assert!(busy > 5.0 * good, "refused {busy}, served {good}");
     assert!(success >= 99.0);
     // The bucket starts full: one burst of LIMIT on top of the rate.
     let allowed = LIMIT_PER_SECOND as f64 * (1.0 + 1.0 / elapsed) * 1.1;

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TCP, first_addr, wait_event, within};
+use common::{TCP, first_addr, skip, wait_event, within};
 use p2plane::{DhtConfig, DhtMode, Event, Message, Node, NodeConfig, Request, service_fn};
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -32,16 +32,15 @@ impl Message for Shout {
 
 const JS_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The js directory with its packages installed, or `None` (and why) when that cannot be.
-fn js_dir() -> Option<&'static Path> {
-    static READY: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// The js directory with its packages installed, or why that cannot be.
+fn js_dir() -> Result<&'static Path, &'static str> {
+    static READY: OnceLock<Result<PathBuf, &'static str>> = OnceLock::new();
     READY
         .get_or_init(|| {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/js");
             let node = std::process::Command::new("node").arg("--version").output();
             if !matches!(node, Ok(o) if o.status.success()) {
-                eprintln!("skipped: Node.js (`node`) is not installed");
-                return None;
+                return Err("Node.js (`node`) is not installed");
             }
             if !dir.join("node_modules").exists() {
                 let install = std::process::Command::new("npm")
@@ -49,13 +48,13 @@ fn js_dir() -> Option<&'static Path> {
                     .current_dir(&dir)
                     .status();
                 if !matches!(install, Ok(s) if s.success()) {
-                    eprintln!("skipped: `npm install` in interop/js failed (no registry?)");
-                    return None;
+                    return Err("`npm install` in interop/js failed (no registry?)");
                 }
             }
-            Some(dir)
+            Ok(dir)
         })
         .as_deref()
+        .map_err(|e| *e)
 }
 
 fn config() -> NodeConfig {
@@ -66,7 +65,10 @@ fn config() -> NodeConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_libp2p_dials_p2plane() {
-    let Some(dir) = js_dir() else { return };
+    let dir = match js_dir() {
+        Ok(dir) => dir,
+        Err(reason) => return skip("js_libp2p_dials_p2plane", reason),
+    };
     let node = Node::<Shout>::new(config()).await.unwrap();
     node.serve(service_fn(|req: Request<Shout>| async move {
         Ok::<_, Infallible>(Shout {
@@ -107,7 +109,10 @@ async fn js_libp2p_dials_p2plane() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2plane_dials_js_libp2p() {
-    let Some(dir) = js_dir() else { return };
+    let dir = match js_dir() {
+        Ok(dir) => dir,
+        Err(reason) => return skip("p2plane_dials_js_libp2p", reason),
+    };
     let mut js = Command::new("node")
         .arg(dir.join("peer.mjs"))
         .arg("serve")

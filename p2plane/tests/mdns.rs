@@ -22,10 +22,10 @@ fn nodes_on_one_link_find_each_other_by_mdns() {
     if std::env::var_os(INSIDE).is_none() {
         let probe = Command::new("unshare").args(["-n", "true"]).status();
         if !matches!(probe, Ok(s) if s.success()) {
-            eprintln!(
-                "skipped: cannot create a network namespace here (unshare -n needs CAP_SYS_ADMIN)"
+            return common::skip(
+                TEST,
+                "cannot create a network namespace here (unshare -n needs CAP_SYS_ADMIN)",
             );
-            return;
         }
         let status = Command::new("unshare")
             .args(["-n", "--"])

@@ -11,7 +11,7 @@ mod common;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -39,19 +39,6 @@ async fn guarded_node() -> Node<Echo> {
             .with_stream_deadlines(DEADLINE, DEADLINE),
     )
     .await
-}
-
-/// Samples the node's held inbound bytes every millisecond until `stop`; returns the peak.
-fn watch_budget(node: &Node<Echo>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
-    let node = node.clone();
-    tokio::spawn(async move {
-        let mut peak = 0;
-        while !stop.load(Ordering::Relaxed) {
-            peak = peak.max(node.inbound_bytes());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        peak
-    })
 }
 
 /// An honest peer sends `n` requests, one after another; returns successes and the
@@ -131,8 +118,6 @@ const SENT: usize = 256 * 1024;
 async fn slowloris(node: Node<Echo>) -> Slowloris {
     let addr = first_addr(&node).await;
     let (over, read_late, _) = count_failures(&node);
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = watch_budget(&node, stop.clone());
     let release = Arc::new(tokio::sync::Notify::new());
     let mut attackers = Vec::new();
     for _ in 0..ATTACKERS {
@@ -165,12 +150,12 @@ async fn slowloris(node: Node<Echo>) -> Slowloris {
         read_late.load(Ordering::SeqCst) > 0 && node.inbound_bytes() == 0
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
     release.notify_waiters();
     drop(attackers);
     node.shutdown().await;
     Slowloris {
-        peak: peak.await.unwrap(),
+        // The node's high-water mark, taken at every charge: no brief peak is missed.
+        peak: node.inbound_bytes_peak(),
         over_budget: over.load(Ordering::SeqCst),
         closed_late: read_late.load(Ordering::SeqCst),
         honest_ok,
@@ -234,8 +219,6 @@ async fn a_peer_that_never_reads_its_answers_is_cut_off_at_the_write_deadline() 
     let node = guarded_node().await;
     let addr = first_addr(&node).await;
     let (over, _, write_late) = count_failures(&node);
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = watch_budget(&node, stop.clone());
 
     // Requests with 64 KiB of text on one shared stream; the attacker never reads.
     let attacker = Attacker::connect(addr.clone()).await;
@@ -268,8 +251,7 @@ async fn a_peer_that_never_reads_its_answers_is_cut_off_at_the_write_deadline() 
         write_late.load(Ordering::SeqCst) > 0 && node.inbound_bytes() == 0
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let peak = peak.await.unwrap();
+    let peak = node.inbound_bytes_peak();
     let stream = sender.await.unwrap();
     println!(
         "FIGURE never-reads: {REQUESTS} requests of 64 KiB, answers never read: peak held {} KiB \

@@ -75,11 +75,16 @@ impl Attacker {
     }
 }
 
+/// The process's resident memory in KiB. A reading that cannot be taken fails the test: a
+/// 0 would make every "memory stayed bounded" check pass without checking.
 pub fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+    let status = std::fs::read_to_string("/proc/self/status")
+        .expect("memory checks read VmRSS from /proc/self/status");
+    let kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .expect("/proc/self/status has a VmRSS line");
+    assert!(kib > 0, "a resident size of 0 KiB is no reading");
+    kib
 }

@@ -31,7 +31,7 @@ fn in_netns(name: &str, body: impl FnOnce()) {
     match reexec_in_empty_netns(name) {
         Ok(None) => body(),
         Ok(Some(passed)) => assert!(passed, "{name} failed inside its network namespace"),
-        Err(skip) => println!("{name}: {}", skip.0),
+        Err(why) => netbed::skip(name, &why.0),
     }
 }
 
@@ -399,8 +399,7 @@ fn bed_refuses_to_run_outside_an_empty_namespace() {
     // either way a bed built here must not reach outside addresses.
     let links = Command::new("ip").args(["-o", "link"]).output();
     let Ok(links) = links else {
-        println!("skipped: no `ip`");
-        return;
+        return netbed::skip("bed_refuses_to_run_outside_an_empty_namespace", "no `ip`");
     };
     let only_lo = String::from_utf8_lossy(&links.stdout)
         .lines()
