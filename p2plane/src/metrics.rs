@@ -11,11 +11,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -159,13 +155,19 @@ impl Metrics {
     }
 }
 
-/// The longest request head the endpoint reads.
+/// The longest request head the endpoint reads (hyper's smallest read buffer).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// How long a scraper may take to send its request.
+/// How long a scraper may take to send a request's head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open (a keep-alive scraper reconnects after).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed as they arrive.
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 
-/// Serves `GET /metrics` on `listener` until `shutdown`, one connection at a time (a
-/// scraper is one client; a slow one waits at most [`READ_TIMEOUT`]).
+/// Serves `GET /metrics` on `listener` with hyper (HTTP/1.1) until `shutdown`: up to
+/// [`MAX_CONNECTIONS`] connections at once, each in a task of its own, so a slow or idle
+/// scraper does not hold up another; a request head is due within [`READ_TIMEOUT`] and a
+/// connection lasts at most [`CONNECTION_TIMEOUT`].
 pub(crate) async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
@@ -173,54 +175,71 @@ pub(crate) async fn serve(
     store: Arc<dyn PeerStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|down| *down) => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        own.peer_store_size.set(store.get_peers().len() as i64);
-        let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &registry)).await;
+        // Over the limit: closed at once (dropped).
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            continue;
+        };
+        let (registry, own, store) = (Arc::clone(&registry), Arc::clone(&own), Arc::clone(&store));
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                own.peer_store_size.set(store.get_peers().len() as i64);
+                let response = respond(&request, &registry);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+                _ = shutdown.wait_for(|down| *down) => {}
+            }
+            drop(permit);
+        });
     }
 }
 
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() + n > MAX_REQUEST_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let (status, content_type, body) = if head.starts_with(b"GET /metrics ") {
-        let mut text = String::new();
-        match prometheus_client::encoding::text::encode(&mut text, registry) {
-            Ok(()) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(_) => (
-                "500 Internal Server Error",
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn respond<B>(request: &hyper::Request<B>, registry: &Registry) -> hyper::Response<Body> {
+    let (status, content_type, body) =
+        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => (
+                    hyper::StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (
+                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n".to_owned(),
+                ),
+            }
+        } else {
+            (
+                hyper::StatusCode::NOT_FOUND,
                 "text/plain",
-                "encoding failed\n".to_owned(),
-            ),
-        }
-    } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "try GET /metrics\n".to_owned(),
-        )
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+                "try GET /metrics\n".to_owned(),
+            )
+        };
+    let mut response = hyper::Response::new(Body::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    response
 }
 
 /// Binds the metrics endpoint.

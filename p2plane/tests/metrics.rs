@@ -15,7 +15,9 @@ use tokio::{
 async fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();
@@ -101,4 +103,32 @@ async fn the_endpoint_serves_counters_that_move() {
 async fn without_the_setting_nothing_is_served() {
     let node = echo_node(config(TCP)).await;
     assert_eq!(node.metrics_addr(), None);
+}
+
+/// Issue 16, defect 13: the endpoint served one connection at a time, so a scraper that
+/// opened a connection and sent nothing held every other scrape up. Now a held connection
+/// stays open while another scrape is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_connection_does_not_stop_another_scrape() {
+    let node = echo_node(config(TCP).with_metrics("127.0.0.1:0".parse().unwrap())).await;
+    let addr = node.metrics_addr().expect("metrics on");
+    // Half a request head, then nothing.
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    held.write_all(b"GET /metr").await.unwrap();
+    let (status, body) = common::within("a second scrape", get(addr, "/metrics")).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("p2plane_"), "{body}");
+    // The held connection was not closed to make room: it is still open, nothing read.
+    let mut byte = [0u8; 1];
+    match held.try_read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the held connection was closed or answered first: {other:?}"),
+    }
+    // Many at once are served too (up to the connection limit).
+    let scrapes = futures::future::join_all((0..8).map(|_| get(addr, "/metrics"))).await;
+    assert!(
+        scrapes
+            .iter()
+            .all(|(status, _)| status == "HTTP/1.1 200 OK")
+    );
 }
