@@ -31,12 +31,17 @@ use crate::{
 pub(crate) const MAX_STORE_BYTES: usize = 2 << 30;
 /// The most batch bytes in one batch-sync answer.
 pub(crate) const MAX_SYNC_ANSWER_BYTES: usize = 6 << 20;
+/// The most digests one batch-sync request may ask for (one header's payload, what a primary
+/// asks for at most); more is refused outright.
+pub(crate) const MAX_SYNC_DIGESTS: usize = crate::primary::MAX_HEADER_PAYLOAD;
 
 /// Batches by digest, each with the primary's round when it was stored (for garbage
 /// collection).
 #[derive(Default)]
 pub(crate) struct BatchStore {
-    batches: HashMap<Digest, (Transactions, Round)>,
+    /// Shared, so that an answer can take batches out under the lock without copying them
+    /// there.
+    batches: HashMap<Digest, (Arc<Transactions>, Round)>,
     bytes: usize,
 }
 
@@ -56,8 +61,25 @@ impl BatchStore {
             return false;
         }
         self.bytes += batch.0.len();
-        self.batches.insert(digest, (batch, round));
+        self.batches.insert(digest, (Arc::new(batch), round));
         true
+    }
+
+    /// The held batches among `wanted`, in order, up to [`MAX_SYNC_ANSWER_BYTES`] (at least
+    /// one). Only shared handles are taken: the lock is not held while batches are copied.
+    fn held(&self, wanted: &[Digest]) -> Vec<Arc<Transactions>> {
+        let mut bytes = 0;
+        let mut held = Vec::new();
+        for digest in wanted {
+            if let Some((batch, _)) = self.batches.get(digest) {
+                bytes += batch.0.len();
+                if bytes > MAX_SYNC_ANSWER_BYTES && !held.is_empty() {
+                    break;
+                }
+                held.push(Arc::clone(batch));
+            }
+        }
+        held
     }
 
     /// The digests of `wanted` not held.
@@ -147,24 +169,11 @@ pub(crate) fn start(ctx: WorkerContext) -> Result<tokio::task::JoinHandle<()>, N
 
     // Batch sync: whatever is held of what is asked, up to a size bound.
     let store = Arc::clone(&ctx.store);
+    let committee = Arc::clone(&ctx.committee);
     ctx.node.serve_protocol::<BatchSyncProtocol, _>(service_fn(
         move |req: Request<Vec<Digest>>| {
-            let store = Arc::clone(&store);
-            async move {
-                let store = BatchStore::lock(&store);
-                let mut bytes = 0;
-                let mut answer = Vec::new();
-                for digest in req.body() {
-                    if let Some((batch, _)) = store.batches.get(digest) {
-                        bytes += batch.0.len();
-                        if bytes > MAX_SYNC_ANSWER_BYTES && !answer.is_empty() {
-                            break;
-                        }
-                        answer.push(batch.clone());
-                    }
-                }
-                Ok::<_, Error>(answer)
-            }
+            let answer = answer_sync(&store, &committee, req.peer(), req.body());
+            async move { answer }
         },
     ))?;
 
@@ -176,6 +185,37 @@ pub(crate) fn start(ctx: WorkerContext) -> Result<tokio::task::JoinHandle<()>, N
         ));
     }
     Ok(tokio::spawn(batch_maker(ctx, tx_receiver)))
+}
+
+/// A batch-sync answer: only committee members are served (others could make this worker
+/// copy its store out for them), at most [`MAX_SYNC_DIGESTS`] digests a request, and the
+/// store's lock is held only while shared handles to the batches are taken.
+fn answer_sync(
+    store: &SharedStore,
+    committee: &Committee,
+    peer: p2plane::PeerId,
+    wanted: &[Digest],
+) -> Result<Vec<Transactions>, Error> {
+    if committee.index_of(&peer).is_none() {
+        return Err(Error::Rejected {
+            peer: None,
+            reason: format!("{peer} is not in the committee"),
+        });
+    }
+    if wanted.len() > MAX_SYNC_DIGESTS {
+        return Err(Error::Rejected {
+            peer: None,
+            reason: format!(
+                "{} digests asked; at most {MAX_SYNC_DIGESTS} a request",
+                wanted.len()
+            ),
+        });
+    }
+    let held = BatchStore::lock(store).held(wanted);
+    Ok(held
+        .iter()
+        .map(|batch| Transactions::clone(batch))
+        .collect())
 }
 
 struct Pending {
@@ -296,4 +336,50 @@ async fn seal(ctx: &WorkerContext, client: &Reliable<BatchProtocol>, pending: &m
             ));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use p2plane::transport::libp2p::identity::Keypair;
+
+    use super::*;
+
+    /// Issue 16, defect 12: batch sync answered anyone, any number of digests, and copied
+    /// batches while holding the store's lock.
+    #[test]
+    fn batch_sync_serves_members_only_and_bounded_requests() {
+        let members: Vec<_> = (0..4)
+            .map(|_| {
+                (
+                    Keypair::generate_ed25519().public().to_peer_id(),
+                    "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+                )
+            })
+            .collect();
+        let member = members[1].0;
+        let committee = Committee::new(members).unwrap();
+        let store = SharedStore::default();
+        let batch = Transactions(vec![7; 100]);
+        let digest = batch.digest();
+        assert!(BatchStore::lock(&store).insert(digest, batch.clone(), 1));
+
+        let answer = answer_sync(&store, &committee, member, &[digest]).unwrap();
+        assert_eq!(answer, vec![batch]);
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(matches!(
+            answer_sync(&store, &committee, stranger, &[digest]),
+            Err(Error::Rejected { .. })
+        ));
+        let flood = vec![digest; MAX_SYNC_DIGESTS + 1];
+        assert!(matches!(
+            answer_sync(&store, &committee, member, &flood),
+            Err(Error::Rejected { reason, .. }) if reason.contains("at most")
+        ));
+        assert_eq!(
+            answer_sync(&store, &committee, member, &flood[..MAX_SYNC_DIGESTS])
+                .unwrap()
+                .len(),
+            MAX_SYNC_DIGESTS
+        );
+    }
 }
