@@ -225,23 +225,25 @@ fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
     shared.config.dht.is_some()
         && !shared.control.is_connected(&peer)
         && shared.config.peer_store.addresses(&peer).is_empty()
+        && shared.unverified.addresses(&peer).is_empty()
 }
 
-/// Looks `peer` up in the DHT and stores the addresses found. Failures are left to the dial
-/// that follows.
+/// Looks `peer` up in the DHT and keeps the addresses found as heard of, not proved: they
+/// are dialled, and enter the peer store only once a connection proves them. Failures are
+/// left to the dial that follows.
 async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
-    let store = &shared.config.peer_store;
     if let Ok(addrs) = crate::Dht::new(shared.commands.clone(), shared.metrics.clone())
         .find_peer(peer)
         .await
     {
         let allow_private = shared.config.allow_private_addrs;
-        for addr in addrs
-            .into_iter()
-            .filter(|a| allow_private || !crate::gate::is_private(a))
-        {
-            store.add_peer_with_addr(peer, addr);
-        }
+        shared.unverified.add(
+            peer,
+            addrs
+                .into_iter()
+                .filter(|a| allow_private || !crate::gate::is_private(a)),
+            false,
+        );
     }
 }
 

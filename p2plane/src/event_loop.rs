@@ -73,6 +73,8 @@ pub(crate) struct EventLoop {
     pub(crate) pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     pub(crate) peers: Arc<PeerTable>,
     pub(crate) store: Arc<dyn PeerStore>,
+    /// Addresses heard of but not proved by a connection.
+    pub(crate) unverified: Arc<crate::unverified::Unverified>,
     pub(crate) allow_private_addrs: bool,
     pub(crate) dht: DhtState,
     /// The Kademlia protocol name, when the node is in the DHT.
@@ -205,9 +207,15 @@ impl EventLoop {
                     let _ = reply.send(Ok(peer_id));
                 }
                 if endpoint.is_dialer() {
-                    // The address we dialed is one the peer listens on.
+                    // The address we dialed is one the peer listens on: proved by the
+                    // handshake. One heard by mDNS is kept even when private.
+                    let addr = endpoint.get_remote_address();
                     self.store.record_outcome(peer_id, DialOutcome::Success);
-                    self.remember(peer_id, endpoint.get_remote_address().clone());
+                    if self.unverified.proved(&peer_id, addr) {
+                        self.store.add_peer_with_addr(peer_id, addr.clone());
+                    } else {
+                        self.remember(peer_id, addr.clone());
+                    }
                 }
                 if num_established.get() == 1 {
                     tracing::debug!(peer = %peer_id, "connected");
@@ -309,11 +317,10 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    // mDNS is for the local network: its addresses are private by nature.
-                    self.store.add_peer_with_addr(peer, addr.clone());
-                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                        kad.add_address(&peer, addr.clone());
-                    }
+                    // Anyone on the link can claim any id by mDNS: the address is only heard
+                    // of until a dial proves it (then it is stored, private or not, and
+                    // Kademlia learns the peer from the connection).
+                    self.unverified.add(peer, [addr.clone()], true);
                     if !self.swarm.is_connected(&peer) {
                         let opts = DialOpts::peer_id(peer)
                             .addresses(vec![addr.clone()])

@@ -66,11 +66,20 @@ pub(crate) fn backoff_remaining(record: &PeerRecord, now: SystemTime) -> Option<
 pub(crate) struct Gate {
     store: Arc<dyn PeerStore>,
     allowed: Option<HashSet<PeerId>>,
+    unverified: Arc<crate::unverified::Unverified>,
 }
 
 impl Gate {
-    pub(crate) fn new(store: Arc<dyn PeerStore>, allowed: Option<HashSet<PeerId>>) -> Self {
-        Self { store, allowed }
+    pub(crate) fn new(
+        store: Arc<dyn PeerStore>,
+        allowed: Option<HashSet<PeerId>>,
+        unverified: Arc<crate::unverified::Unverified>,
+    ) -> Self {
+        Self {
+            store,
+            allowed,
+            unverified,
+        }
     }
 
     fn check_allowed(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
@@ -113,7 +122,14 @@ impl NetworkBehaviour for Gate {
             return Ok(Vec::new());
         };
         self.check(&peer, true)?;
-        Ok(self.store.addresses(&peer))
+        // Proved addresses first, then those only heard of (a lookup, mDNS).
+        let mut addrs = self.store.addresses(&peer);
+        for addr in self.unverified.addresses(&peer) {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Ok(addrs)
     }
 
     fn handle_established_inbound_connection(

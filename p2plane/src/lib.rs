@@ -69,6 +69,7 @@ mod peer_table;
 pub mod pubsub;
 mod server;
 mod streams;
+mod unverified;
 
 pub use client::Client;
 pub use config::{Identity, NodeConfig};

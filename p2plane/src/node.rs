@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
     pub(crate) mux: crate::mux::Pool,
+    /// Addresses heard of but not proved by a connection (DHT lookups, mDNS).
+    pub(crate) unverified: Arc<crate::unverified::Unverified>,
     /// The inbound byte budget of every protocol served.
     pub(crate) budget: Arc<crate::budget::Budget>,
     /// P2PLane's own metrics, when they are on.
@@ -152,7 +154,12 @@ impl<P: Protocol> Node<P> {
         let control = streams.control();
         let limits = config.limits.behaviour();
         let ip_limits = config.limits.ip_behaviour();
-        let gate = Gate::new(Arc::clone(&config.peer_store), config.allowed_peers.clone());
+        let unverified = Arc::new(crate::unverified::Unverified::default());
+        let gate = Gate::new(
+            Arc::clone(&config.peer_store),
+            config.allowed_peers.clone(),
+            Arc::clone(&unverified),
+        );
         let dht_config = config.dht.clone();
         let dht_store = match &config.dht {
             Some(dht) => Some(
@@ -313,6 +320,7 @@ impl<P: Protocol> Node<P> {
             pending_dials: HashMap::new(),
             peers: Arc::clone(&peers),
             store: Arc::clone(&config.peer_store),
+            unverified: Arc::clone(&unverified),
             allow_private_addrs: config.allow_private_addrs,
             dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
             kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
@@ -338,6 +346,7 @@ impl<P: Protocol> Node<P> {
                 config,
                 peers,
                 mux: crate::mux::Pool::default(),
+                unverified,
                 budget,
                 metrics,
                 metrics_addr,
