@@ -254,14 +254,14 @@ impl DhtState {
     /// Feeds a Kademlia event: answers finished queries. (Inbound records are checked by the
     /// store as Kademlia stores them; see [`crate::Kademlia`].)
     pub fn on_event(&mut self, kad: &mut Kad, event: kad::Event) {
-        match event {
-            kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                stats,
-            } => self.on_progress(kad, id, result, step.last, stats.num_requests()),
-            _ => {}
+        if let kad::Event::OutboundQueryProgressed {
+            id,
+            result,
+            step,
+            stats,
+        } = event
+        {
+            self.on_progress(kad, id, result, step.last, stats.num_requests());
         }
     }
 

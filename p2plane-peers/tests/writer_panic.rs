@@ -19,7 +19,7 @@ fn a_panicking_writer_thread_fails_flush_and_lets_the_store_close() {
 
     let peer = libp2p_identity::PeerId::random();
     store.add_peer_with_addr(peer, "/ip4/192.0.2.1/tcp/4001".parse().unwrap());
-    let (done, result) = mpsc::channel();
+    let (done, result) = mpsc::sync_channel(2);
     let flushing = thread::spawn(move || {
         let flushed = store.flush();
         let _ = done.send(flushed);
@@ -32,7 +32,8 @@ fn a_panicking_writer_thread_fails_flush_and_lets_the_store_close() {
         matches!(&flushed, Err(PeerStoreError::Storage(message)) if message.contains("panicked")),
         "{flushed:?}"
     );
-    result.recv_timeout(HANG).expect("the store closed");
+    let closed = result.recv_timeout(HANG).expect("the store closed");
+    assert!(closed.is_ok());
     flushing.join().unwrap();
     scenario.teardown();
 }

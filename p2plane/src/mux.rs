@@ -234,8 +234,8 @@ impl Pool {
             }
             match rx.await {
                 Ok(outcome) => return outcome,
-                // Dropped unanswered by a stream that ended without reading it.
-                Err(_) if channel.idled_out() => continue,
+                // Dropped unanswered by a stream that ended without reading it: go round.
+                Err(_) if channel.idled_out() => {}
                 Err(_) => return Err(channel.ended(peer)),
             }
         }

@@ -40,10 +40,11 @@ impl Unverified {
         local: bool,
     ) {
         let mut heard = self.lock();
-        if !heard.contains_key(&peer) && heard.len() >= MAX_PEERS {
-            if let Some(old) = heard.keys().next().copied() {
-                heard.remove(&old);
-            }
+        if !heard.contains_key(&peer)
+            && heard.len() >= MAX_PEERS
+            && let Some(old) = heard.keys().next().copied()
+        {
+            heard.remove(&old);
         }
         let entry = heard.entry(peer).or_insert_with(|| Heard {
             addrs: Vec::new(),

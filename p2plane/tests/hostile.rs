@@ -311,3 +311,124 @@ async fn a_refusal_larger_than_a_tiny_message_limit_does_not_panic() {
         assert!(matches!(envelope, Envelope::Failed(_)), "{envelope:?}");
     }
 }
+
+/// At most 8 shared streams per peer and protocol: a peer's ninth is closed unread (the
+/// stream ends, cleanly, with no answer), and its first eight still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_at_most_eight_shared_streams() {
+    let server = echo_node(config(TCP).with_dht(None)).await;
+    let mut attacker = Attacker::connect(first_addr(&server).await).await;
+    let codec = CborCodec::default();
+    let mut streams = Vec::new();
+    for i in 0..9u64 {
+        let mut stream = attacker
+            .control
+            .open_stream(attacker.node, shared_protocol())
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                FrameBuf::encode_with_id(&codec, i, &echo(i))
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        if i < 8 {
+            // Answered: the stream holds its place before the next is opened.
+            let answered = within("an answer", read_shared_frame(&mut stream, LIMIT)).await;
+            assert!(matches!(answered, Ok(SharedFrame::Frame { id, .. }) if id == i));
+        }
+        streams.push(stream);
+    }
+    let mut ninth = streams.pop().unwrap();
+    let mut rest = Vec::new();
+    within(
+        "the ninth stream to be closed",
+        ninth.read_to_end(&mut rest),
+    )
+    .await
+    .expect("a clean close");
+    assert!(rest.is_empty(), "the ninth stream was answered");
+    // The eighth still serves.
+    let eighth = streams.last_mut().unwrap();
+    eighth
+        .write_all(
+            FrameBuf::encode_with_id(&codec, 99, &echo(99))
+                .unwrap()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    eighth.flush().await.unwrap();
+    let answered = within("an answer", read_shared_frame(eighth, LIMIT)).await;
+    assert!(matches!(answered, Ok(SharedFrame::Frame { id: 99, .. })));
+}
+
+/// A subscriber holds at most 1,024 events; one that does not read skips the oldest, and
+/// `Events::missed` says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_skips_events_and_counts_them() {
+    let server = echo_node(config(TCP).with_dht(None)).await;
+    let mut slow = server.events();
+    let mut attacker = Attacker::connect(first_addr(&server).await).await;
+    // 1,100 undecodable requests on one shared stream: one `InboundFailure` event each.
+    let mut stream = attacker
+        .control
+        .open_stream(attacker.node, shared_protocol())
+        .await
+        .unwrap();
+    let mut garbage = Vec::new();
+    for id in 0..1_100u64 {
+        garbage.extend_from_slice(&[3, (id % 100) as u8, 0xff, 0xfe]);
+    }
+    stream.write_all(&garbage).await.unwrap();
+    stream.flush().await.unwrap();
+    // All 1,100 answered (each refused).
+    let mut answered = 0;
+    while answered < 1_100 {
+        within("a refusal", read_shared_frame(&mut stream, LIMIT))
+            .await
+            .unwrap();
+        answered += 1;
+    }
+    // Each refusal's event is sent before its answer: all 1,100 are out by now.
+    // The one that did not read skipped at least 1,100 - 1,024 and counts them.
+    wait_event(&mut slow, "the slow subscriber's next event", |_| Some(())).await;
+    assert!(slow.missed() >= 1_100 - 1_024, "missed {}", slow.missed());
+}
+
+/// A handler slower than `inbound_timeout` is cut off: the caller gets `Failed` (the
+/// handler timed out), the node reports `InboundFailure { Timeout }`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_inbound_timeout_is_cut_off() {
+    let server = Node::<Echo>::new(
+        config(TCP)
+            .with_dht(None)
+            .with_inbound_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    server
+        .serve(p2plane::service_fn(|_req: p2plane::Request<Echo>| async {
+            // Far longer than the timeout; never finishes within the test.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::convert::Infallible>(echo(0))
+        }))
+        .unwrap();
+    let mut events = server.events();
+    let client = Node::<Echo>::new(client_config()).await.unwrap();
+    let peer = client.dial(first_addr(&server).await).await.unwrap();
+    let reply = within("the cut-off answer", client.client().request(peer, echo(1))).await;
+    assert!(
+        matches!(&reply, Err(Error::Failed { message, .. }) if message.contains("timed out")),
+        "{reply:?}"
+    );
+    let error = wait_event(&mut events, "a timeout", |e| match e {
+        Event::InboundFailure { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(error, InboundError::Timeout), "{error:?}");
+}
