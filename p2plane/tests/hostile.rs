@@ -30,6 +30,22 @@ fn client_config() -> p2plane::NodeConfig {
     config(TCP).with_dht(None)
 }
 
+/// Opens a raw stream on `protocol` to the attacker's node.
+async fn open(attacker: &mut Attacker, protocol: StreamProtocol) -> libp2p::Stream {
+    attacker
+        .control
+        .open_stream(attacker.node, protocol)
+        .await
+        .unwrap()
+}
+
+/// Writes the echo request `seq` as a shared frame with `id`, by hand.
+async fn send_shared(stream: &mut libp2p::Stream, id: u64, seq: u64) {
+    let frame = FrameBuf::encode_with_id(&CborCodec::default(), id, &echo(seq)).unwrap();
+    stream.write_all(frame.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+}
+
 /// Issue 16, defect 1: each inbound shared stream used to hold one of the protocol's
 /// permits for its whole life, so the fifth idle client locked every later one out with
 /// `ConnectionClosed`.
@@ -78,22 +94,9 @@ async fn shared_streams_over_the_limit_answer_busy() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut attacker = Attacker::connect(addr.clone()).await;
-        let mut stream = attacker
-            .control
-            .open_stream(attacker.node, shared_protocol())
-            .await
-            .unwrap();
+        let mut stream = open(&mut attacker, shared_protocol()).await;
         // One request answered proves the stream is being served (it holds its place).
-        let codec = CborCodec::default();
-        stream
-            .write_all(
-                FrameBuf::encode_with_id(&codec, 1, &echo(1))
-                    .unwrap()
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-        stream.flush().await.unwrap();
+        send_shared(&mut stream, 1, 1).await;
         let answered = within("attacker's answer", read_shared_frame(&mut stream, LIMIT)).await;
         assert!(matches!(answered, Ok(SharedFrame::Frame { id: 1, .. })));
         held.push((attacker, stream));
@@ -129,21 +132,9 @@ async fn the_server_closes_idle_shared_streams_and_clients_go_on() {
     let addr = first_addr(&server).await;
 
     let mut attacker = Attacker::connect(addr.clone()).await;
-    let mut stream = attacker
-        .control
-        .open_stream(attacker.node, shared_protocol())
-        .await
-        .unwrap();
+    let mut stream = open(&mut attacker, shared_protocol()).await;
     let codec = CborCodec::default();
-    stream
-        .write_all(
-            FrameBuf::encode_with_id(&codec, 3, &echo(3))
-                .unwrap()
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    stream.flush().await.unwrap();
+    send_shared(&mut stream, 3, 3).await;
     // The answer, then a clean end (EOF) once the stream has idled: no reset, no hang.
     let mut rest = Vec::new();
     within(
@@ -189,11 +180,7 @@ async fn a_stalled_frame_head_is_cut_off_on_both_stream_forms() {
     let mut events = server.events();
     let mut attacker = Attacker::connect(first_addr(&server).await).await;
     for protocol in [shared_protocol(), plain_protocol()] {
-        let mut stream = attacker
-            .control
-            .open_stream(attacker.node, protocol.clone())
-            .await
-            .unwrap();
+        let mut stream = open(&mut attacker, protocol.clone()).await;
         // A length prefix's first byte, with its continuation bit set: more must follow.
         stream.write_all(&[0x85]).await.unwrap();
         stream.flush().await.unwrap();
@@ -215,11 +202,7 @@ async fn a_stalled_frame_head_is_cut_off_on_both_stream_forms() {
         );
     }
     // A stalled head inside a shared frame (length given, id begun).
-    let mut stream = attacker
-        .control
-        .open_stream(attacker.node, shared_protocol())
-        .await
-        .unwrap();
+    let mut stream = open(&mut attacker, shared_protocol()).await;
     stream.write_all(&[0x10, 0x81]).await.unwrap();
     stream.flush().await.unwrap();
     let mut rest = Vec::new();
@@ -260,11 +243,7 @@ async fn a_one_gib_length_prefix_is_refused_on_both_forms() {
 
     // Shared: the id after the prefix; the request is refused by its id and, its body never
     // coming, the stream is closed at the read deadline.
-    let mut stream = attacker
-        .control
-        .open_stream(attacker.node, shared_protocol())
-        .await
-        .unwrap();
+    let mut stream = open(&mut attacker, shared_protocol()).await;
     let mut frame = prefix.clone();
     frame.push(42);
     stream.write_all(&frame).await.unwrap();
@@ -318,23 +297,10 @@ async fn a_refusal_larger_than_a_tiny_message_limit_does_not_panic() {
 async fn a_peer_gets_at_most_eight_shared_streams() {
     let server = echo_node(config(TCP).with_dht(None)).await;
     let mut attacker = Attacker::connect(first_addr(&server).await).await;
-    let codec = CborCodec::default();
     let mut streams = Vec::new();
     for i in 0..9u64 {
-        let mut stream = attacker
-            .control
-            .open_stream(attacker.node, shared_protocol())
-            .await
-            .unwrap();
-        stream
-            .write_all(
-                FrameBuf::encode_with_id(&codec, i, &echo(i))
-                    .unwrap()
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-        stream.flush().await.unwrap();
+        let mut stream = open(&mut attacker, shared_protocol()).await;
+        send_shared(&mut stream, i, i).await;
         if i < 8 {
             // Answered: the stream holds its place before the next is opened.
             let answered = within("an answer", read_shared_frame(&mut stream, LIMIT)).await;
@@ -353,15 +319,7 @@ async fn a_peer_gets_at_most_eight_shared_streams() {
     assert!(rest.is_empty(), "the ninth stream was answered");
     // The eighth still serves.
     let eighth = streams.last_mut().unwrap();
-    eighth
-        .write_all(
-            FrameBuf::encode_with_id(&codec, 99, &echo(99))
-                .unwrap()
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    eighth.flush().await.unwrap();
+    send_shared(eighth, 99, 99).await;
     let answered = within("an answer", read_shared_frame(eighth, LIMIT)).await;
     assert!(matches!(answered, Ok(SharedFrame::Frame { id: 99, .. })));
 }
@@ -374,11 +332,7 @@ async fn a_slow_subscriber_skips_events_and_counts_them() {
     let mut slow = server.events();
     let mut attacker = Attacker::connect(first_addr(&server).await).await;
     // 1,100 undecodable requests on one shared stream: one `InboundFailure` event each.
-    let mut stream = attacker
-        .control
-        .open_stream(attacker.node, shared_protocol())
-        .await
-        .unwrap();
+    let mut stream = open(&mut attacker, shared_protocol()).await;
     let mut garbage = Vec::new();
     for id in 0..1_100u64 {
         garbage.extend_from_slice(&[3, (id % 100) as u8, 0xff, 0xfe]);
