@@ -104,3 +104,82 @@ fn handles_and_futures_are_send_and_sync() {
     }
     let _ = check;
 }
+
+/// `Limits::max_established`: connections beyond the total are refused, whoever asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_connection_limit_refuses_the_next_peer() {
+    let mut limits = Limits::default();
+    limits.max_established = 2;
+    let server = echo_node(config(TCP).with_limits(limits)).await;
+    let addr = first_addr(&server).await;
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let client = echo_node(config(TCP)).await;
+        let peer = within("a dial", client.dial(addr.clone())).await.unwrap();
+        assert_eq!(
+            within("a request", client.client().request(peer, echo(i)))
+                .await
+                .unwrap(),
+            answer(&echo(i), peer)
+        );
+        clients.push(client);
+    }
+    let third = echo_node(config(TCP)).await;
+    // The server refuses the established connection; the dialer sees the dial fail or the
+    // connection close at once, and no request gets through.
+    let refused = within("the third peer", async {
+        match third.dial(addr.clone()).await {
+            Err(e) => Err(e),
+            Ok(peer) => third.client().request(peer, echo(3)).await.map(|_| ()),
+        }
+    })
+    .await;
+    assert!(refused.is_err(), "a third connection was served");
+    assert_eq!(server.connected_peers().await.unwrap().len(), 2);
+}
+
+/// `Limits::max_pending_incoming`: with the slots held by connections that never finish
+/// their handshake, a further connection is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_connection_limit_closes_further_handshakes() {
+    use tokio::io::AsyncReadExt as _;
+    let mut limits = Limits::default();
+    limits.max_pending_incoming = 2;
+    let server = echo_node(config(TCP).with_limits(limits)).await;
+    let addr = first_addr(&server).await;
+    let port = addr
+        .iter()
+        .find_map(|p| match p {
+            p2plane::transport::libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    // Two silent sockets hold both slots (the handshake timeout is 10 s).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    // Let the node accept them (a connection is pending from its accept on): a third is
+    // closed by the node without a byte, long before any handshake timeout.
+    let mut third = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = within("the third connection to be closed", third.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the third pending connection was kept: {read:?}"
+    );
+    // The held ones are still open (pending, not refused).
+    for socket in &held {
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(socket.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a held handshake was closed early"
+        );
+    }
+}

@@ -307,3 +307,53 @@ async fn a_pending_handler_does_not_hold_up_the_next_request_on_its_stream() {
     .unwrap();
     assert_eq!(answered, expected);
 }
+
+/// At most 1,024 requests in flight on one outbound shared stream: with 1,100 requests
+/// sent at once to a handler that holds every request, the server sees 1,024, and the rest
+/// go out as answers free their slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_shared_stream_carries_at_most_1024_requests_at_once() {
+    const SENT: u64 = 1_100;
+    let server = Node::<Echo>::new(
+        config(TCP)
+            .with_dht(None)
+            .with_max_concurrent_inbound(4_096),
+    )
+    .await
+    .unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::watch::channel(0usize);
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let me = server.local_peer_id();
+    server
+        .serve(p2plane::service_fn(move |req: p2plane::Request<Echo>| {
+            let (arrived_tx, mut release) = (arrived_tx.clone(), release.clone());
+            async move {
+                arrived_tx.send_modify(|n| *n += 1);
+                let _ = release.wait_for(|go| *go).await;
+                Ok::<_, std::convert::Infallible>(answer(req.body(), me))
+            }
+        }))
+        .unwrap();
+    let client = Node::<Echo>::new(config(TCP).with_dht(None)).await.unwrap();
+    let peer = client.dial(first_addr(&server).await).await.unwrap();
+    let calls = tokio::spawn({
+        let client = client.client();
+        futures::future::join_all((0..SENT).map(move |i| {
+            let client = client.clone();
+            async move { client.request(peer, echo(i)).await }
+        }))
+    });
+    within(
+        "1,024 requests to arrive",
+        arrived.wait_for(|n| *n >= 1_024),
+    )
+    .await
+    .unwrap();
+    // Timer logic: give a 1,025th request time to arrive, were it not held back.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(*arrived.borrow(), 1_024);
+    release_tx.send_replace(true);
+    let replies = within("every answer", calls).await.unwrap();
+    assert!(replies.iter().all(Result::is_ok));
+    assert_eq!(*arrived.borrow(), SENT as usize);
+}
