@@ -105,7 +105,9 @@ pub struct NodeConfig {
     /// peer may open at most 8 per protocol). A shared stream over either limit is closed
     /// unread; its caller tries once more on a new stream and then gets `Error::Busy`.
     /// An open stream holds no handler permit (see `max_concurrent_inbound`), only its
-    /// buffers (about 8 KiB). Default 4,096.
+    /// buffers (about 8 KiB). Default 4,096. Streams of one request are read under the same
+    /// bound (a separate count), and take a handler permit only once their request has
+    /// arrived, so streams that stall cannot starve the handlers.
     pub max_shared_streams: usize,
     /// An inbound shared stream on which no request begins for this long is closed, cleanly:
     /// every request read is answered first, and a client whose request crossed the close

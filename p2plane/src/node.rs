@@ -436,6 +436,9 @@ impl<P: Protocol> Node<P> {
             shared_idle: self.shared.config.shared_stream_idle_timeout,
             metrics: self.shared.metrics.clone(),
             workers: Arc::new(Semaphore::new(limit)),
+            readers: Arc::new(Semaphore::new(
+                self.shared.config.max_shared_streams.max(limit),
+            )),
             helpers: Arc::new(Semaphore::new(limit)),
         });
         tokio::spawn(server::run_shared::<Q, H>(

@@ -51,6 +51,8 @@ pub(crate) struct ServerContext {
     pub(crate) shared_idle: Duration,
     /// Requests of this protocol handled at once, whichever form they came in.
     pub(crate) workers: Arc<Semaphore>,
+    /// Streams of one request being read at once (before their handler runs).
+    pub(crate) readers: Arc<Semaphore>,
     /// Small tasks that answer `Busy`, or shared streams being served.
     pub(crate) helpers: Arc<Semaphore>,
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -109,11 +111,14 @@ pub(crate) async fn run<P: Protocol, H: Handler<P>>(
     handler: H,
 ) {
     while let Some((peer, stream)) = next(&ctx, &mut inbound).await {
-        if let Ok(permit) = Arc::clone(&ctx.workers).try_acquire_owned() {
+        // A stream being read holds a reader's place only: a handler permit is taken once
+        // its request has arrived, so streams that stall before that cannot starve the
+        // handlers.
+        if let Ok(reader) = Arc::clone(&ctx.readers).try_acquire_owned() {
             let (ctx, handler) = (Arc::clone(&ctx), handler.clone());
             tokio::spawn(async move {
                 serve::<P, H>(&ctx, peer, stream, handler).await;
-                drop(permit);
+                drop(reader);
             });
         } else if let Ok(permit) = Arc::clone(&ctx.helpers).try_acquire_owned() {
             ctx.count::<P>("busy");
@@ -369,7 +374,13 @@ async fn serve<P: Protocol, H: Handler<P>>(
                 return Err(error);
             }
         };
+        let Ok(permit) = Arc::clone(&ctx.workers).try_acquire_owned() else {
+            ctx.count::<P>("busy");
+            let busy = encode(&ctx.codec, &Envelope::<()>::Busy);
+            return send(ctx, &peer_budget, &mut charge, busy, &mut stream).await;
+        };
         let frame = answer::<P, H>(ctx, peer, None, body, handler).await;
+        drop(permit);
         send(ctx, &peer_budget, &mut charge, frame, &mut stream).await
     };
     let outcome = tokio::time::timeout(ctx.timeout, exchange)

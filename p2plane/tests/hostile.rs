@@ -386,3 +386,65 @@ async fn a_handler_slower_than_the_inbound_timeout_is_cut_off() {
     .await;
     assert!(matches!(error, InboundError::Timeout), "{error:?}");
 }
+
+/// Ten identities each hold 8 shared and 8 one-request streams with one byte of a length
+/// prefix and nothing more (80 stalled one-request streams against 16 handler permits),
+/// while honest peers send 200 requests on each stream form: all answered, and the
+/// victim's held bytes stay within its budget. (Before, each stalled one-request stream
+/// held a handler permit until its read deadline: the honest peers got `Busy`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_peers_are_served_while_many_identities_stall_streams() {
+    const ATTACKERS: usize = 10;
+    const HONEST: u64 = 200;
+    let (total, per_peer) = (8 << 20, 2 << 20);
+    let server = echo_node(
+        config(TCP)
+            .with_dht(None)
+            .with_inbound_budget(total, per_peer)
+            .with_max_concurrent_inbound(16)
+            // Long enough that the stalled streams are all still held while the honest
+            // peer is served (the figure printed shows how long that took).
+            .with_stream_deadlines(Duration::from_secs(30), Duration::from_secs(5)),
+    )
+    .await;
+    let addr = first_addr(&server).await;
+    let mut stalled = Vec::new();
+    for _ in 0..ATTACKERS {
+        let mut attacker = Attacker::connect(addr.clone()).await;
+        for protocol in [shared_protocol(), plain_protocol()] {
+            for _ in 0..8 {
+                let mut stream = open(&mut attacker, protocol.clone()).await;
+                stream.write_all(&[0x85]).await.unwrap();
+                stream.flush().await.unwrap();
+                stalled.push(stream);
+            }
+        }
+    }
+    let shared = Node::<Echo>::new(client_config()).await.unwrap();
+    let mut one_stream_config = client_config();
+    one_stream_config.multiplex = false;
+    let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    for client in [&shared, &one_stream] {
+        let peer = client.dial(addr.clone()).await.unwrap();
+        for i in 0..HONEST {
+            if within("an honest request", client.client().request(peer, echo(i)))
+                .await
+                .is_ok_and(|reply| reply == answer(&echo(i), peer))
+            {
+                ok += 1;
+            }
+        }
+    }
+    let took = started.elapsed();
+    let peak = server.inbound_bytes_peak();
+    println!(
+        "FIGURE stalled-heads: {ATTACKERS} identities x 16 stalled streams; honest {ok}/{} \
+         answered in {took:?} (both stream forms); peak held {peak} B (budget {total} B)",
+        2 * HONEST
+    );
+    assert_eq!(ok, 2 * HONEST);
+    assert!(peak <= total, "held {peak} of a {total} budget");
+    drop(stalled);
+}
