@@ -362,9 +362,13 @@ impl DhtStore {
                     let (key, value) = row.map_err(storage_error)?;
                     let record = decode_record(key.value(), value.value())
                         .ok_or_else(|| storage_error("a record does not decode"))?;
-                    // Expired records are skipped (and dropped at the next write).
+                    // Expired records are skipped (and dropped at the next write). A record
+                    // refused now (a quota: the file does not keep which account paid for a
+                    // record, so all are charged to the publisher they name; or the
+                    // validator) is skipped, and loading goes on; a full store ends it.
                     if let Ok(record) = record
                         && self.put_in_memory(record).is_err()
+                        && self.memory.records().count() >= self.max_records
                     {
                         break;
                     }
@@ -926,6 +930,38 @@ mod tests {
                 "k{i}"
             );
         }
+    }
+
+    /// A record the reloaded store refuses (its publisher over quota, since a file does not
+    /// keep which account paid) is skipped; the records after it still load.
+    #[test]
+    fn a_record_refused_on_reload_does_not_stop_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.redb");
+        let local = PeerId::random();
+        let (publisher, replicator, other) = (PeerId::random(), PeerId::random(), PeerId::random());
+        {
+            let mut store =
+                DhtStore::open(&path, local, MemoryStoreConfig::default(), quota()).unwrap();
+            store.set_sender(Some(publisher));
+            for i in 0..3 {
+                store
+                    .put(record(&format!("a-own{i}"), 1, publisher))
+                    .unwrap();
+            }
+            store.set_sender(Some(replicator));
+            for i in 0..3 {
+                store
+                    .put(record(&format!("b-rep{i}"), 1, publisher))
+                    .unwrap();
+            }
+            store.set_sender(Some(other));
+            store.put(record("z-last", 1, other)).unwrap();
+            store.flush().unwrap();
+        }
+        let store = DhtStore::open(&path, local, MemoryStoreConfig::default(), quota()).unwrap();
+        assert_eq!(store.records_by(&publisher), 3);
+        assert!(store.get(&RecordKey::new(&"z-last")).is_some());
     }
 
     #[test]
