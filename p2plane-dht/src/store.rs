@@ -610,13 +610,16 @@ impl RecordStore for DhtStore {
     }
 
     fn put(&mut self, record: Record) -> store::Result<()> {
+        if self.disk.is_none() {
+            return self.put_in_memory(record);
+        }
         let key = record.key.clone();
         self.put_in_memory(record)?;
-        // Encoded as stored (the publisher it is charged to).
-        let encoded = match (&self.disk, self.memory.get(&key)) {
-            (Some(_), Some(stored)) => encode_record(&stored),
-            _ => return Ok(()),
+        // Encoded as stored (naming the publisher it is charged to).
+        let Some(stored) = self.memory.get(&key) else {
+            return Ok(());
         };
+        let encoded = encode_record(&stored);
         self.write(Op::PutRecord(key.to_vec(), encoded))
     }
 

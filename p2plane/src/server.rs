@@ -30,7 +30,7 @@ const INLINE_LIMIT: Duration = Duration::from_micros(50);
 const SPAWN_AFTER_SLOW: u32 = 64;
 
 /// Shared streams one peer may have open per protocol (a client opens two).
-pub(crate) const MAX_SHARED_PER_PEER: usize = 8;
+const MAX_SHARED_PER_PEER: usize = 8;
 
 pub(crate) struct ServerContext {
     pub(crate) codec: CborCodec,
@@ -53,7 +53,8 @@ pub(crate) struct ServerContext {
     pub(crate) workers: Arc<Semaphore>,
     /// Streams of one request being read at once (before their handler runs).
     pub(crate) readers: Arc<Semaphore>,
-    /// Small tasks that answer `Busy`, or shared streams being served.
+    /// Small tasks that answer `Busy` to a one-request stream, or close a refused shared
+    /// stream.
     pub(crate) helpers: Arc<Semaphore>,
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -170,7 +171,6 @@ pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
 /// that none of its requests ran, tries once more on a new stream, then reports
 /// [`Error::Busy`].
 fn refuse_shared<P: Protocol>(ctx: &Arc<ServerContext>, peer: PeerId, mut stream: Stream) {
-    ctx.count::<P>("busy");
     report::<P>(ctx, peer, InboundError::Overloaded);
     if let Ok(permit) = Arc::clone(&ctx.helpers).try_acquire_owned() {
         let timeout = ctx.write_timeout;
