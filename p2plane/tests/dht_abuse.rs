@@ -45,6 +45,8 @@ struct Hostile {
 enum Batch {
     Records(Vec<Record>),
     Provide(Vec<RecordKey>),
+    /// A peer and the addresses the hostile peer will hand out for it in lookup answers.
+    Know(PeerId, Vec<Multiaddr>),
 }
 
 /// A hostile peer: its id, the fake peers it hands out, and where to send it batches.
@@ -113,6 +115,11 @@ async fn hostile(victim: (PeerId, Multiaddr), fakes: usize, claimed_addrs: usize
                                     kad::Quorum::One,
                                 );
                                 pending += 1;
+                            }
+                        }
+                        Some(Batch::Know(peer, addrs)) => {
+                            for addr in addrs {
+                                swarm.behaviour_mut().kad.add_address(&peer, addr);
                             }
                         }
                         Some(Batch::Provide(keys)) => {
@@ -209,6 +216,58 @@ fn provider_keys(from: usize, n: usize) -> Vec<RecordKey> {
         .collect()
 }
 
+/// Honest DHT operations and how many succeeded.
+#[derive(Debug)]
+struct Traffic {
+    ops: usize,
+    ok: usize,
+}
+
+/// Honest DHT operations, one after another, for as long as `flooding` holds: gets of the
+/// records `honest-0` .. `honest-19` through `dhts[3]` (a DHT client) and, with `write`, puts through
+/// `dhts[2]` and provider announcements through `dhts[0]` in turn. Each has 20 s.
+async fn honest_traffic(
+    dhts: &[p2plane::Dht],
+    flooding: &std::sync::atomic::AtomicBool,
+    write: bool,
+) -> Traffic {
+    let mut traffic = Traffic { ops: 0, ok: 0 };
+    while flooding.load(Ordering::SeqCst) {
+        let n = traffic.ops;
+        let kind = if write { n % 3 } else { 0 };
+        let outcome = match kind {
+            0 => {
+                let i = n % 20;
+                let got = tokio::time::timeout(WAIT, dhts[3].get_record(format!("honest-{i}")));
+                match got.await {
+                    Ok(Ok(value)) if value == format!("value-{i}").into_bytes() => Ok(()),
+                    other => Err(format!("get: {other:?}")),
+                }
+            }
+            1 => {
+                let put = dhts[2].put_record(format!("during-{n}"), "v", Quorum::One);
+                match tokio::time::timeout(WAIT, put).await {
+                    Ok(Ok(())) => Ok(()),
+                    other => Err(format!("put: {other:?}")),
+                }
+            }
+            _ => {
+                let provide = dhts[0].start_providing(format!("during-{n}"));
+                match tokio::time::timeout(WAIT, provide).await {
+                    Ok(Ok(())) => Ok(()),
+                    other => Err(format!("provide: {other:?}")),
+                }
+            }
+        };
+        traffic.ops += 1;
+        match outcome {
+            Ok(()) => traffic.ok += 1,
+            Err(e) => eprintln!("honest operation {n} failed: {e}"),
+        }
+    }
+    traffic
+}
+
 async fn dht_node(bootstrap: Option<Multiaddr>) -> Node<Echo> {
     echo_node(dht_config(bootstrap)).await
 }
@@ -268,26 +327,73 @@ async fn record_spam_fake_peers_and_address_floods_are_contained() {
     // One peer: 2,000 records naming itself, then 2,000 naming made-up publishers, then
     // announcing itself as provider of 2,000 keys.
     let target = (victim.local_peer_id(), victim_addr.clone());
+    // Honest nodes only read during this flood: their puts and provides would move the
+    // exact figures asserted below. The reader is a DHT client, so that its gets are
+    // lookups over the network, not reads of a store the puts filled.
+    let reader = echo_node(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_dht(Some(DhtConfig::default().with_mode(DhtMode::Client)))
+            .with_bootstrap(victim_addr.clone()),
+    )
+    .await;
+    within("the reader's routing table to fill", async {
+        while reader.dht().routing_table_size().await.unwrap() < 4 {
+            let _ = reader.dht().bootstrap().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut dhts: Vec<_> = honest.iter().map(|node| node.dht()).collect();
+    dhts.push(reader.dht());
     let one = hostile(target.clone(), 0, 0).await;
-    send_records(&one, spam(0, 2_000, false)).await;
-    let own_spam = victim.dht().store_stats().await.unwrap();
-    send_records(&one, spam(2_000, 2_000, true)).await;
-    let claimed_spam = victim.dht().store_stats().await.unwrap();
-    send_provides(&one, provider_keys(0, 2_000)).await;
-    let after_one = victim.dht().store_stats().await.unwrap();
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = async {
+        send_records(&one, spam(0, 2_000, false)).await;
+        let own_spam = victim.dht().store_stats().await.unwrap();
+        send_records(&one, spam(2_000, 2_000, true)).await;
+        let claimed_spam = victim.dht().store_stats().await.unwrap();
+        send_provides(&one, provider_keys(0, 2_000)).await;
+        let after_one = victim.dht().store_stats().await.unwrap();
+        flooding.store(false, Ordering::SeqCst);
+        (own_spam, claimed_spam, after_one)
+    };
+    let ((own_spam, claimed_spam, after_one), one_peer) =
+        tokio::join!(flood, honest_traffic(&dhts, &flooding, false));
     // The node's own providing still works during the flood.
     victim
         .dht()
         .start_providing("victim's own file")
         .await
         .expect("the victim provides");
-    // Twenty more peers, 300 records and 300 provider announcements each.
-    for k in 0..20 {
-        let sybil = hostile(target.clone(), 0, 0).await;
-        send_records(&sybil, spam(10_000 + k * 300, 300, false)).await;
-        send_provides(&sybil, provider_keys(10_000 + k * 300, 300)).await;
-    }
+    // Twenty more peers, one after another, 300 records and 300 provider announcements
+    // each, while the honest nodes go on getting, putting and providing.
+    flooding.store(true, Ordering::SeqCst);
+    let flood = {
+        let (flooding, target) = (flooding.clone(), target.clone());
+        async move {
+            for k in 0..20 {
+                let sybil = hostile(target.clone(), 0, 0).await;
+                send_records(&sybil, spam(10_000 + k * 300, 300, false)).await;
+                send_provides(&sybil, provider_keys(10_000 + k * 300, 300)).await;
+            }
+            flooding.store(false, Ordering::SeqCst);
+        }
+    };
+    let ((), twenty) = tokio::join!(flood, honest_traffic(&dhts, &flooding, true));
     let after_twenty = victim.dht().store_stats().await.unwrap();
+    println!(
+        "FIGURE dht-honest-during-flood: while one peer sent its 6,000: honest gets \
+         {}/{}; while twenty peers, one after another, sent theirs: honest gets, puts and \
+         provides {}/{}",
+        one_peer.ok, one_peer.ops, twenty.ok, twenty.ops
+    );
+    for traffic in [&one_peer, &twenty] {
+        assert!(
+            traffic.ok * 100 >= traffic.ops * 99,
+            "honest DHT operations: {traffic:?}"
+        );
+    }
     // An honest node provides a key during (after) the floods; another finds it.
     honest[0]
         .dht()
@@ -297,7 +403,7 @@ async fn record_spam_fake_peers_and_address_floods_are_contained() {
     let found = honest[1].dht().providers("honest file").await.unwrap();
     let mut retrievable = 0;
     for i in 0..20 {
-        let got = honest[1].dht().get_record(format!("honest-{i}")).await;
+        let got = dhts[1].get_record(format!("honest-{i}")).await;
         retrievable += usize::from(got.is_ok_and(|v| v == format!("value-{i}").into_bytes()));
     }
     println!(
@@ -372,4 +478,77 @@ async fn record_spam_fake_peers_and_address_floods_are_contained() {
         "identify takes 16 addresses of the 300 claimed"
     );
     drop(liar);
+}
+
+/// A lookup answer that names a real peer with made-up addresses beside its real one: the
+/// request reaches the peer through the real address, and only that address, proved by the
+/// connection, enters the victim's peer store (before issue 16, every address of the answer
+/// was stored as if verified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_from_a_lookup_enter_the_peer_store_only_once_proved() {
+    let victim = dht_node(None).await;
+    let victim_addr = first_addr(&victim).await;
+    let target = dht_node(None).await;
+    let target_addr = first_addr(&target).await;
+    let target_id = target.local_peer_id();
+    let liar = hostile((victim.local_peer_id(), victim_addr), 0, 0).await;
+    within("the liar in the victim's routing table", async {
+        while victim.dht().routing_table_size().await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Made-up addresses that accept TCP and then say nothing: a dial to one neither
+    // succeeds nor fails while the real one connects, so the lookup's answer keeps them (a
+    // refused address would be dropped from the answer by Kademlia itself).
+    let mut silent = Vec::new();
+    let mut bogus: Vec<Multiaddr> = Vec::new();
+    for _ in 0..12 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        bogus.push(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
+        silent.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        }));
+    }
+    let mut told = vec![target_addr.clone()];
+    told.extend(bogus.iter().cloned());
+    liar.records
+        .send(Batch::Know(target_id, told))
+        .await
+        .unwrap();
+    done(&liar).await;
+    assert!(victim.peer_store().addresses(&target_id).is_empty());
+
+    let reply = within(
+        "a request to a peer only the liar knows",
+        victim.client().request(target_id, echo(1)),
+    )
+    .await;
+    assert_eq!(reply, Ok(answer(&echo(1), target_id)));
+    let stored = victim.peer_store().addresses(&target_id);
+    let bogus_stored = stored
+        .iter()
+        .filter(|a| {
+            let bare: Multiaddr = a
+                .iter()
+                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                .collect();
+            bogus.contains(&bare)
+        })
+        .count();
+    println!(
+        "FIGURE dht-lookup-addresses: a lookup answer gave 13 addresses (12 made up): \
+         {} stored, {bogus_stored} of them made up",
+        stored.len()
+    );
+    assert_eq!(bogus_stored, 0, "made-up addresses were stored: {stored:?}");
+    let proved = target_addr.with_p2p(target_id).unwrap();
+    assert_eq!(stored, vec![proved], "the proved address is stored");
+    for task in silent {
+        task.abort();
+    }
 }

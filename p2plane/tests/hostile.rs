@@ -448,3 +448,152 @@ async fn honest_peers_are_served_while_many_identities_stall_streams() {
     assert!(peak <= total, "held {peak} of a {total} budget");
     drop(stalled);
 }
+
+/// The varint length prefix of a 1 GiB frame.
+fn gib_prefix() -> Vec<u8> {
+    let mut prefix = Vec::new();
+    let mut n: u64 = 1 << 30;
+    while n >= 0x80 {
+        prefix.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    prefix.push(n as u8);
+    prefix
+}
+
+/// While four identities keep attacking (two sending 1 GiB length prefixes on both stream
+/// forms over and over, two flooding shared streams with request ids, one with fresh ids
+/// and one with the same id again and again, neither reading the answers), two honest
+/// peers send 200 requests each, one per stream form: at least 99 % are answered, and the
+/// victim's held bytes stay within its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_peers_are_served_during_huge_prefixes_and_id_floods() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    const HONEST: u64 = 200;
+    let (total, per_peer) = (8 << 20, 2 << 20);
+    let server = echo_node(
+        config(TCP)
+            .with_dht(None)
+            .with_inbound_budget(total, per_peer)
+            .with_stream_deadlines(Duration::from_millis(500), Duration::from_secs(1)),
+    )
+    .await;
+    let addr = first_addr(&server).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (prefixes, ids) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut attacks = Vec::new();
+    for _ in 0..2 {
+        let mut attacker = Attacker::connect(addr.clone()).await;
+        let (stop, sent) = (stop.clone(), prefixes.clone());
+        attacks.push(tokio::spawn(async move {
+            let prefix = gib_prefix();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = attacker.send_raw(&prefix).await;
+                let Ok(mut stream) = attacker
+                    .control
+                    .open_stream(attacker.node, shared_protocol())
+                    .await
+                else {
+                    continue;
+                };
+                let mut frame = prefix.clone();
+                frame.push(7);
+                let _ = stream.write_all(&frame).await;
+                let _ = stream.flush().await;
+                sent.fetch_add(2, Ordering::Relaxed);
+            }
+        }));
+    }
+    for same_id in [false, true] {
+        let mut attacker = Attacker::connect(addr.clone()).await;
+        let (stop, sent) = (stop.clone(), ids.clone());
+        attacks.push(tokio::spawn(async move {
+            let codec = CborCodec::default();
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = attacker
+                    .control
+                    .open_stream(attacker.node, shared_protocol())
+                    .await
+                else {
+                    continue;
+                };
+                // Frames in batches of 64 until the node closes the stream.
+                loop {
+                    let mut batch = Vec::new();
+                    for _ in 0..64 {
+                        id += u64::from(!same_id);
+                        let frame = FrameBuf::encode_with_id(&codec, id, &echo(id)).unwrap();
+                        batch.extend_from_slice(frame.as_bytes());
+                    }
+                    let written =
+                        tokio::time::timeout(Duration::from_secs(2), stream.write_all(&batch))
+                            .await;
+                    if !matches!(written, Ok(Ok(()))) || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    sent.fetch_add(64, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // The attacks are under way before the honest peers start.
+    within("the attacks to start", async {
+        while prefixes.load(Ordering::Relaxed) < 10 || ids.load(Ordering::Relaxed) < 640 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let shared = Node::<Echo>::new(client_config()).await.unwrap();
+    let mut one_stream_config = client_config();
+    one_stream_config.multiplex = false;
+    let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
+    let started = std::time::Instant::now();
+    let honest = [&shared, &one_stream].map(|client| {
+        let addr = addr.clone();
+        async move {
+            let peer = client.dial(addr).await.unwrap();
+            let mut ok = 0u64;
+            for i in 0..HONEST {
+                if within("an honest request", client.client().request(peer, echo(i)))
+                    .await
+                    .is_ok_and(|reply| reply == answer(&echo(i), peer))
+                {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    });
+    let ok: u64 = join_all(honest).await.into_iter().sum();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (prefixes, ids) = (
+        prefixes.load(Ordering::Relaxed),
+        ids.load(Ordering::Relaxed),
+    );
+    for attack in attacks {
+        attack.abort();
+    }
+    let peak = server.inbound_bytes_peak();
+    println!(
+        "FIGURE prefixes-and-id-floods: during {prefixes} 1 GiB prefixes and {ids} flooded \
+         request ids, honest {ok}/{} answered in {took:?} (both stream forms); peak held \
+         {peak} B (budget {total} B)",
+        2 * HONEST
+    );
+    assert!(
+        ok * 100 >= 99 * 2 * HONEST,
+        "honest peers got {ok} of {} answers",
+        2 * HONEST
+    );
+    assert!(
+        prefixes >= 10 && ids >= 640,
+        "the attacks ran: {prefixes} {ids}"
+    );
+    assert!(peak <= total, "held {peak} of a {total} budget");
+}
