@@ -1,6 +1,8 @@
 //! Local discovery by mDNS. Multicast must not reach a real network, so the test runs itself
 //! again inside a new, empty network namespace (`unshare -n`) holding one veth pair — two
 //! "hosts" on one link — and is skipped, saying why, where namespaces cannot be created.
+//! Besides discovery, it checks that a peer heard of by mDNS stays out of the DHT routing
+//! table (issue 16, defect 11).
 
 mod common;
 
@@ -92,4 +94,64 @@ async fn discover() {
     .await
     .unwrap();
     assert_eq!(reply, common::answer(&common::echo(3), a_id));
+
+    not_in_the_routing_table_before_a_connection().await;
+}
+
+/// Issue 16, defect 11: a peer heard of by mDNS used to enter the DHT's routing table on
+/// the announcement alone, before any connection proved it or showed that it speaks
+/// Kademlia. A plain libp2p peer announcing itself by mDNS, speaking no Kademlia, must be
+/// discovered and connected but stay out of the routing table.
+async fn not_in_the_routing_table_before_a_connection() {
+    use futures::StreamExt as _;
+    use p2plane::{
+        DhtConfig, DhtMode,
+        transport::{TransportConfig, build_swarm, identity},
+    };
+
+    let victim = common::echo_node(
+        NodeConfig::listen_on("/ip4/10.77.0.1/tcp/0".parse().unwrap())
+            .with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)))
+            .with_mdns(true),
+    )
+    .await;
+    let mut events = victim.events();
+    let mut stranger = build_swarm(identity::generate(), &TransportConfig::default(), |key| {
+        libp2p::mdns::tokio::Behaviour::new(
+            libp2p::mdns::Config::default(),
+            key.public().to_peer_id(),
+        )
+        .unwrap()
+    })
+    .unwrap();
+    stranger
+        .listen_on("/ip4/10.77.0.2/tcp/0".parse().unwrap())
+        .unwrap();
+    let stranger_id = *stranger.local_peer_id();
+    let driver = tokio::spawn(async move {
+        loop {
+            let _ = stranger.select_next_some().await;
+        }
+    });
+    wait_event(&mut events, "the victim discovering the stranger", |e| {
+        matches!(e, Event::PeerDiscovered { peer, .. } if *peer == stranger_id).then_some(())
+    })
+    .await;
+    let in_table = victim.dht().routing_table_peers().await.unwrap();
+    assert!(
+        !in_table.contains(&stranger_id),
+        "an mDNS announcement put a peer in the routing table: {in_table:?}"
+    );
+    // The victim dials what it heard, and the connection proves the peer; it still speaks
+    // no Kademlia, so it stays out of the table.
+    wait_event(&mut events, "the victim connecting to the stranger", |e| {
+        matches!(e, Event::PeerConnected { peer, .. } if *peer == stranger_id).then_some(())
+    })
+    .await;
+    let in_table = victim.dht().routing_table_peers().await.unwrap();
+    assert!(
+        !in_table.contains(&stranger_id),
+        "a peer without Kademlia entered the routing table: {in_table:?}"
+    );
+    driver.abort();
 }
