@@ -57,6 +57,10 @@ pub(crate) enum Command {
         peer: PeerId,
         until: SystemTime,
     },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
     Dht(DhtCommand),
     Pubsub(PubsubCommand),
     Shutdown,
@@ -72,6 +76,8 @@ pub(crate) struct EventLoop {
     pub(crate) stopped: watch::Sender<bool>,
     pub(crate) pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     pub(crate) peers: Arc<PeerTable>,
+    /// The node's outbound shared streams, forgotten per peer as its last connection closes.
+    pub(crate) mux: Arc<crate::mux::Pool>,
     pub(crate) store: Arc<dyn PeerStore>,
     /// Addresses heard of but not proved by a connection.
     pub(crate) unverified: Arc<crate::unverified::Unverified>,
@@ -160,6 +166,9 @@ impl EventLoop {
                 self.store.ban(peer, until);
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
+            Command::Disconnect { peer, reply } => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
             Command::Dht(command) => match self.swarm.behaviour_mut().kad.as_mut() {
                 Some(kad) => self.dht.on_command(kad, command),
                 None => command.refuse(),
@@ -232,6 +241,7 @@ impl EventLoop {
                 ..
             } => {
                 self.peers.remove(&peer_id);
+                self.mux.forget(&peer_id);
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.emit(Event::PeerDisconnected { peer: peer_id });
             }

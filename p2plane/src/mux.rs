@@ -142,6 +142,13 @@ impl Pool {
         set.insert((peer, protocol));
     }
 
+    /// Forgets the shared streams to `peer`: its last connection closed, so they are gone
+    /// with it, and the next call opens a stream on a new connection instead of finding a
+    /// dead one. Their drive tasks end on their own, failing what was in flight.
+    pub(crate) fn forget(&self, peer: &PeerId) {
+        lock(&self.channels).retain(|(p, _, _), _| p != peer);
+    }
+
     fn channel(
         &self,
         frame_len: usize,

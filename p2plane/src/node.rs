@@ -50,7 +50,7 @@ pub(crate) struct Shared {
     pub(crate) local_peer_id: PeerId,
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
-    pub(crate) mux: crate::mux::Pool,
+    pub(crate) mux: Arc<crate::mux::Pool>,
     /// Addresses heard of but not proved by a connection (DHT lookups, mDNS).
     pub(crate) unverified: Arc<crate::unverified::Unverified>,
     /// The inbound byte budget of every protocol served.
@@ -154,6 +154,7 @@ impl<P: Protocol> Node<P> {
         let control = streams.control();
         let limits = config.limits.behaviour();
         let ip_limits = config.limits.ip_behaviour();
+        let mux = Arc::new(crate::mux::Pool::default());
         let unverified = Arc::new(crate::unverified::Unverified::default());
         let gate = Gate::new(
             Arc::clone(&config.peer_store),
@@ -319,6 +320,7 @@ impl<P: Protocol> Node<P> {
             stopped: stopped_tx,
             pending_dials: HashMap::new(),
             peers: Arc::clone(&peers),
+            mux: Arc::clone(&mux),
             store: Arc::clone(&config.peer_store),
             unverified: Arc::clone(&unverified),
             allow_private_addrs: config.allow_private_addrs,
@@ -345,7 +347,7 @@ impl<P: Protocol> Node<P> {
                 local_peer_id,
                 config,
                 peers,
-                mux: crate::mux::Pool::default(),
+                mux,
                 unverified,
                 budget,
                 metrics,
@@ -478,6 +480,25 @@ impl<P: Protocol> Node<P> {
     pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<(), Error> {
         let until = SystemTime::now() + duration;
         self.command(Command::Ban { peer, until }).await
+    }
+
+    /// Closes every connection to `peer` and tells whether there was one. Nothing else
+    /// changes: the peer is neither banned nor forgotten, and the next request to it dials
+    /// again. Requests in flight on the closed connections fail with
+    /// [`Error::ConnectionClosed`]. [`Event::PeerDisconnected`](crate::Event::PeerDisconnected)
+    /// follows once the connections are gone.
+    ///
+    /// ```no_run
+    /// # async fn run<P: p2plane::Protocol>(node: p2plane::Node<P>, peer: p2plane::PeerId) -> Result<(), p2plane::Error> {
+    /// if node.disconnect(peer).await? {
+    ///     println!("closed the connections to {peer}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Disconnect { peer, reply }).await?;
+        rx.await.map_err(|_| Error::Shutdown)
     }
 
     /// A handle to the node's DHT: discovery, records and providers.

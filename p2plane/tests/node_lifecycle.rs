@@ -183,3 +183,37 @@ async fn the_pending_connection_limit_closes_further_handshakes() {
         );
     }
 }
+
+/// `Node::disconnect` closes the connections to a peer without banning it: the next request
+/// dials again and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_closes_the_connections_and_the_next_request_dials_again() {
+    let server = echo_node(config(TCP).with_dht(None)).await;
+    // Loopback addresses are private: kept only when asked to, so the node can dial back.
+    let node = Node::<Echo>::new(config(TCP).with_dht(None).with_private_addrs(true))
+        .await
+        .unwrap();
+    let mut events = node.events();
+    let peer = node.dial(first_addr(&server).await).await.unwrap();
+    assert_eq!(
+        node.client().request(peer, echo(1)).await.unwrap(),
+        answer(&echo(1), peer)
+    );
+    assert!(node.disconnect(peer).await.unwrap(), "was connected");
+    wait_event(&mut events, "the disconnection", |e| {
+        matches!(e, p2plane::Event::PeerDisconnected { peer: p } if *p == peer).then_some(())
+    })
+    .await;
+    assert!(!node.connected_peers().await.unwrap().contains(&peer));
+    assert!(
+        !node.disconnect(peer).await.unwrap(),
+        "nothing left to close"
+    );
+    let reply = within(
+        "a request after the disconnection",
+        node.client().request(peer, echo(2)),
+    )
+    .await;
+    assert_eq!(reply.unwrap(), answer(&echo(2), peer));
+    assert!(node.connected_peers().await.unwrap().contains(&peer));
+}
