@@ -36,6 +36,7 @@ impl Book {
         }
     }
 
+    #[cfg(feature = "redb")]
     /// Loads a record without marking it changed (a persistent store's contents at open).
     pub(crate) fn load(&mut self, peer: PeerId, record: PeerRecord) {
         self.tick += 1;
@@ -48,6 +49,7 @@ impl Book {
         );
     }
 
+    #[cfg(feature = "redb")]
     pub(crate) fn take_touched(&mut self) -> HashSet<PeerId> {
         self.touched
             .as_mut()
@@ -55,6 +57,7 @@ impl Book {
             .unwrap_or_default()
     }
 
+    #[cfg(feature = "redb")]
     /// Marks peers changed again (their commit failed and must be retried).
     pub(crate) fn mark_touched(&mut self, peers: HashSet<PeerId>) {
         if let Some(t) = &mut self.touched {

@@ -6,7 +6,7 @@
 //! | [`MemoryPeerStore`] | memory | the default |
 //! | [`RedbPeerStore`] | one redb file (or redb's in-memory backend) | nodes that restart without the bootstrap node |
 //!
-//! Both pass the [`conformance`] suite, which a third-party [`PeerStore`] should pass too.
+//! `RedbPeerStore` needs the `redb` feature (default). Both pass the [`conformance`] suite, which a third-party [`PeerStore`] should pass too.
 //!
 //! ```
 //! use p2plane_core::{PeerId, PeerStore};
@@ -21,10 +21,12 @@
 mod book;
 pub mod conformance;
 mod memory;
+#[cfg(feature = "redb")]
 mod redb_store;
 
 pub use memory::MemoryPeerStore;
 pub use p2plane_core::{DialOutcome, PeerRecord, PeerStore, PeerStoreError};
+#[cfg(feature = "redb")]
 pub use redb_store::{RedbConfig, RedbPeerStore};
 
 /// The default peer capacity of both stores.

@@ -7,6 +7,9 @@
 //!   `/memory/..` addresses alike.
 //! - [`Limits`]: connection limits, as a behaviour to put in the swarm.
 //!
+//! Features: `tcp` and `quic` (both default) add those transports; the memory transport is
+//! always there.
+//!
 //! ```
 //! use p2plane_transport::{TransportConfig, build_swarm, identity};
 //! use libp2p::swarm::dummy;

@@ -1,13 +1,17 @@
 use std::time::Duration;
 
 use libp2p::{
-    Swarm, SwarmBuilder, Transport as _,
+    PeerId, Swarm, SwarmBuilder, Transport as _,
     connection_limits::{self, ConnectionLimits},
-    core::{transport::MemoryTransport, upgrade::Version},
+    core::{
+        muxing::StreamMuxerBox,
+        transport::{Boxed, MemoryTransport},
+        upgrade::Version,
+    },
     identity::Keypair,
     noise,
     swarm::NetworkBehaviour,
-    tcp, yamux,
+    yamux,
 };
 
 /// Why a swarm could not be built.
@@ -104,8 +108,10 @@ impl Limits {
     }
 }
 
-/// Builds a swarm on the tokio runtime that speaks TCP+Noise+Yamux, QUIC (`/udp/../quic-v1`)
-/// and the in-process memory transport (`/memory/..`, Noise+Yamux as well).
+/// Builds a swarm on the tokio runtime that speaks TCP+Noise+Yamux (feature `tcp`), QUIC
+/// (`/udp/../quic-v1`, feature `quic`) and the in-process memory transport (`/memory/..`,
+/// Noise+Yamux as well), each with [`TransportConfig::connection_timeout`] as its handshake
+/// deadline.
 ///
 /// `behaviour` receives the node's keypair and returns the swarm's behaviour.
 pub fn build_swarm<B: NetworkBehaviour>(
@@ -115,34 +121,9 @@ pub fn build_swarm<B: NetworkBehaviour>(
 ) -> Result<Swarm<B>, TransportError> {
     let setup = |e: &dyn std::fmt::Display| TransportError::Setup(e.to_string());
     let timeout = config.connection_timeout;
-    let tcp = tcp::Config::default().nodelay(true);
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_quic_config(|mut c| {
-            c.handshake_timeout = timeout;
-            c
-        })
-        // TCP as libp2p's `with_tcp` builds it, plus the handshake deadline, which
-        // `with_tcp` has no setting for.
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                tcp::tokio::Transport::new(tcp)
-                    .upgrade(Version::V1Lazy)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .timeout(timeout),
-            )
-        })
-        .map_err(|e| setup(&e))?
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .timeout(timeout),
-            )
-        })
+        .with_other_transport(|key| transports(key, timeout))
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| behaviour(key))
         .map_err(|e| setup(&e))?
@@ -158,7 +139,55 @@ pub fn build_swarm<B: NetworkBehaviour>(
     Ok(swarm)
 }
 
-#[cfg(test)]
+type Connection = (PeerId, StreamMuxerBox);
+type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The memory transport, and TCP and QUIC when their features are on, as one.
+fn transports(key: &Keypair, timeout: Duration) -> Result<Boxed<Connection>, SetupError> {
+    let transport = MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(timeout)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    // TCP as libp2p's `with_tcp` builds it, plus the handshake deadline, which `with_tcp`
+    // has no setting for.
+    #[cfg(feature = "tcp")]
+    let transport = either(
+        libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        transport,
+    );
+    #[cfg(feature = "quic")]
+    let transport = {
+        let mut quic = libp2p::quic::Config::new(key);
+        quic.handshake_timeout = timeout;
+        either(
+            libp2p::quic::tokio::Transport::new(quic)
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                .boxed(),
+            transport,
+        )
+    };
+    Ok(transport)
+}
+
+/// `first`, or `second` for addresses `first` does not take.
+#[cfg(any(feature = "tcp", feature = "quic"))]
+fn either(first: Boxed<Connection>, second: Boxed<Connection>) -> Boxed<Connection> {
+    first
+        .or_transport(second)
+        .map(|either, _| either.into_inner())
+        .boxed()
+}
+
+#[cfg(all(test, feature = "tcp"))]
 mod tests {
     use super::*;
     use libp2p::{futures::StreamExt as _, swarm::SwarmEvent};
@@ -213,6 +242,7 @@ mod tests {
         held.abort();
     }
 
+    #[cfg(feature = "quic")]
     #[tokio::test]
     async fn listens_on_tcp_quic_and_memory() {
         let mut swarm = build_swarm(

@@ -180,6 +180,7 @@ async fn exchange<P: Protocol>(
     peer: PeerId,
     frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
+    #[cfg(feature = "dht")]
     if needs_lookup(shared, peer) {
         // Rare, and a large future: boxed, so that every request does not carry its size.
         Box::pin(find_unknown_peer(shared, peer)).await;
@@ -221,6 +222,7 @@ async fn exchange<P: Protocol>(
 
 /// A peer we are not connected to and know no address for is looked up in the DHT first
 /// ([`find_unknown_peer`]), so a request can reach a peer never met.
+#[cfg(feature = "dht")]
 fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
     shared.config.dht.is_some()
         && !shared.control.is_connected(&peer)
@@ -231,6 +233,7 @@ fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
 /// Looks `peer` up in the DHT and keeps the addresses found as heard of, not proved: they
 /// are dialled, and enter the peer store only once a connection proves them. Failures are
 /// left to the dial that follows.
+#[cfg(feature = "dht")]
 async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
     if let Ok(addrs) = crate::Dht::new(shared.commands.clone(), shared.metrics.clone())
         .find_peer(peer)

@@ -1,12 +1,16 @@
-use std::{collections::HashSet, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+#[cfg(feature = "metrics")]
+use std::net::SocketAddr;
+use std::{collections::HashSet, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use libp2p::identity::Keypair;
 use p2plane_codec::DEFAULT_MAX_MESSAGE_SIZE;
 use p2plane_core::{Multiaddr, PeerId, PeerStore};
+#[cfg(feature = "dht")]
 use p2plane_dht::DhtConfig;
 use p2plane_peers::MemoryPeerStore;
 use p2plane_transport::{Limits, TransportConfig};
 
+#[cfg(feature = "pubsub")]
 use crate::pubsub::PubsubConfig;
 
 /// Where a node's key comes from.
@@ -119,18 +123,22 @@ pub struct NodeConfig {
     /// responses to requests) instead of a stream per request. Default `true`; peers that do
     /// not serve the shared form are reached with a stream per request either way.
     pub multiplex: bool,
+    #[cfg(feature = "dht")]
     /// Kademlia settings; `None` leaves the node out of the DHT. Default: on, in libp2p's
     /// automatic mode (use [`DhtMode::Server`](p2plane_dht::DhtMode::Server) on networks
     /// without confirmed external addresses, such as loopback tests).
     pub dht: Option<DhtConfig>,
+    #[cfg(feature = "pubsub")]
     /// Publish/subscribe (gossipsub) settings; `None` (the default) leaves it off, and
     /// [`Node::subscribe`](crate::Node::subscribe) answers
     /// [`PubsubError::Disabled`](crate::PubsubError::Disabled).
     pub pubsub: Option<PubsubConfig>,
+    #[cfg(feature = "metrics")]
     /// Where to serve Prometheus metrics (`GET /metrics`, text format), such as
     /// `127.0.0.1:9090` (port 0 picks one; [`Node::metrics_addr`](crate::Node::metrics_addr)
     /// tells which). `None` (the default) collects nothing.
     pub metrics_addr: Option<SocketAddr>,
+    #[cfg(feature = "mdns")]
     /// Finds peers on the local network by mDNS (multicast DNS), and connects to them. Their
     /// addresses are kept even when private. Default `false`.
     pub mdns: bool,
@@ -138,8 +146,8 @@ pub struct NodeConfig {
 
 impl fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeConfig")
-            .field("listen_addr", &self.listen_addr)
+        let mut d = f.debug_struct("NodeConfig");
+        d.field("listen_addr", &self.listen_addr)
             .field("bootstrap_addr", &self.bootstrap_addr)
             .field("identity", &self.identity)
             .field("max_message_size", &self.max_message_size)
@@ -169,12 +177,16 @@ impl fmt::Debug for NodeConfig {
                 "shared_stream_idle_timeout",
                 &self.shared_stream_idle_timeout,
             )
-            .field("multiplex", &self.multiplex)
-            .field("dht", &self.dht)
-            .field("pubsub", &self.pubsub)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("mdns", &self.mdns)
-            .finish_non_exhaustive()
+            .field("multiplex", &self.multiplex);
+        #[cfg(feature = "dht")]
+        d.field("dht", &self.dht);
+        #[cfg(feature = "pubsub")]
+        d.field("pubsub", &self.pubsub);
+        #[cfg(feature = "metrics")]
+        d.field("metrics_addr", &self.metrics_addr);
+        #[cfg(feature = "mdns")]
+        d.field("mdns", &self.mdns);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -204,9 +216,13 @@ impl Default for NodeConfig {
             max_shared_streams: 4096,
             shared_stream_idle_timeout: Duration::from_secs(90),
             multiplex: true,
+            #[cfg(feature = "dht")]
             dht: Some(DhtConfig::default()),
+            #[cfg(feature = "pubsub")]
             pubsub: None,
+            #[cfg(feature = "metrics")]
             metrics_addr: None,
+            #[cfg(feature = "mdns")]
             mdns: false,
         }
     }
@@ -343,6 +359,7 @@ impl NodeConfig {
         self
     }
 
+    #[cfg(feature = "mdns")]
     /// Turns local discovery by mDNS on or off (see [`NodeConfig::mdns`]).
     #[must_use]
     pub fn with_mdns(mut self, on: bool) -> Self {
@@ -350,6 +367,7 @@ impl NodeConfig {
         self
     }
 
+    #[cfg(feature = "metrics")]
     /// Serves Prometheus metrics on `addr` (see [`NodeConfig::metrics_addr`]).
     ///
     /// ```
@@ -363,6 +381,7 @@ impl NodeConfig {
         self
     }
 
+    #[cfg(feature = "pubsub")]
     /// Turns publish/subscribe on with `config` (or off with `None`).
     #[must_use]
     pub fn with_pubsub(mut self, config: Option<PubsubConfig>) -> Self {
@@ -370,6 +389,7 @@ impl NodeConfig {
         self
     }
 
+    #[cfg(feature = "dht")]
     /// Sets the DHT configuration (`None` leaves the node out of the DHT).
     #[must_use]
     pub fn with_dht(mut self, dht: Option<DhtConfig>) -> Self {

@@ -25,15 +25,19 @@ pub enum NodeError {
         /// The protocol.
         protocol: &'static str,
     },
+    #[cfg(feature = "mdns")]
     /// mDNS could not start (no usable network interface, or its socket failed).
     #[error("mDNS: {0}")]
     Mdns(String),
+    #[cfg(feature = "dht")]
     /// The DHT's record store file could not be opened.
     #[error(transparent)]
     RecordStore(p2plane_dht::DhtError),
+    #[cfg(feature = "metrics")]
     /// The metrics endpoint could not listen.
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    #[cfg(feature = "pubsub")]
     /// The pub/sub settings were refused.
     #[error("pub/sub configuration: {0}")]
     Pubsub(String),

@@ -4,13 +4,14 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, ping,
+    Multiaddr, PeerId, Swarm, identify, ping,
     swarm::{
         ConnectionId, DialError, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle,
         dial_opts::DialOpts,
     },
 };
 use p2plane_core::{DialOutcome, Error, PeerStore};
+#[cfg(feature = "dht")]
 use p2plane_dht::{DhtCommand, DhtState};
 use p2plane_transport::libp2p::connection_limits;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -20,12 +21,29 @@ use crate::{
     event::{Event, InboundError},
     gate::{Gate, is_private},
     peer_table::PeerTable,
-    pubsub::{PubsubCommand, PubsubState},
     streams::{self, StreamEvent},
 };
 
 /// Listen addresses taken from one peer's identify message.
 const MAX_LISTEN_ADDRS: usize = 16;
+
+#[cfg(feature = "pubsub")]
+use crate::pubsub::{PubsubCommand, PubsubState};
+
+// A protocol whose feature is off keeps its place in the behaviour as a behaviour that does
+// nothing (always toggled off), so the behaviour's shape is the same in every build.
+#[cfg(feature = "dht")]
+type Kad = p2plane_dht::Kademlia;
+#[cfg(not(feature = "dht"))]
+type Kad = libp2p::swarm::dummy::Behaviour;
+#[cfg(feature = "pubsub")]
+type Gossipsub = libp2p::gossipsub::Behaviour;
+#[cfg(not(feature = "pubsub"))]
+type Gossipsub = libp2p::swarm::dummy::Behaviour;
+#[cfg(feature = "mdns")]
+type Mdns = libp2p::mdns::tokio::Behaviour;
+#[cfg(not(feature = "mdns"))]
+type Mdns = libp2p::swarm::dummy::Behaviour;
 
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
@@ -36,9 +54,9 @@ pub(crate) struct Behaviour {
     pub(crate) streams: streams::Behaviour,
     pub(crate) identify: Delayed<identify::Behaviour>,
     pub(crate) ping: Delayed<ping::Behaviour>,
-    pub(crate) kad: Toggle<p2plane_dht::Kademlia>,
-    pub(crate) gossipsub: Toggle<gossipsub::Behaviour>,
-    pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
+    pub(crate) kad: Toggle<Kad>,
+    pub(crate) gossipsub: Toggle<Gossipsub>,
+    pub(crate) mdns: Toggle<Mdns>,
 }
 
 /// What handles ask of the event loop.
@@ -61,7 +79,9 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    #[cfg(feature = "dht")]
     Dht(DhtCommand),
+    #[cfg(feature = "pubsub")]
     Pubsub(PubsubCommand),
     Shutdown,
 }
@@ -82,11 +102,15 @@ pub(crate) struct EventLoop {
     /// Addresses heard of but not proved by a connection.
     pub(crate) unverified: Arc<crate::unverified::Unverified>,
     pub(crate) allow_private_addrs: bool,
+    #[cfg(feature = "dht")]
     pub(crate) dht: DhtState,
     /// The Kademlia protocol name, when the node is in the DHT.
-    pub(crate) kad_protocol: Option<StreamProtocol>,
+    #[cfg(feature = "dht")]
+    pub(crate) kad_protocol: Option<libp2p::StreamProtocol>,
+    #[cfg(feature = "pubsub")]
     pub(crate) pubsub: PubsubState,
     /// libp2p's metrics, when metrics are on.
+    #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<libp2p::metrics::Metrics>,
 }
 
@@ -109,6 +133,7 @@ impl EventLoop {
         for (_, reply) in self.pending_dials.drain() {
             let _ = reply.send(Err(Error::Shutdown));
         }
+        #[cfg(feature = "dht")]
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
             && let Err(e) = kad.store_mut().flush()
         {
@@ -169,10 +194,12 @@ impl EventLoop {
             Command::Disconnect { peer, reply } => {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
+            #[cfg(feature = "dht")]
             Command::Dht(command) => match self.swarm.behaviour_mut().kad.as_mut() {
                 Some(kad) => self.dht.on_command(kad, command),
                 None => command.refuse(),
             },
+            #[cfg(feature = "pubsub")]
             Command::Pubsub(command) => {
                 let gossipsub = self.swarm.behaviour_mut().gossipsub.as_mut();
                 if let Some(event) = self.pubsub.on_command(gossipsub, command) {
@@ -189,13 +216,16 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.metrics {
             use libp2p::metrics::Recorder as _;
             metrics.record(&event);
             match &event {
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+                #[cfg(feature = "dht")]
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+                #[cfg(feature = "pubsub")]
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.record(e),
                 _ => {}
             }
@@ -305,6 +335,7 @@ impl EventLoop {
                     info.protocols.iter().map(ToString::to_string).collect();
                 self.peers.set(peer_id, protocols.clone());
                 self.store.set_protocols(peer_id, protocols.clone());
+                #[cfg(feature = "dht")]
                 let speaks_kad = self
                     .kad_protocol
                     .as_ref()
@@ -312,6 +343,7 @@ impl EventLoop {
                 // A peer may claim any number of addresses; the first few are plenty.
                 for addr in info.listen_addrs.into_iter().take(MAX_LISTEN_ADDRS) {
                     // Without this, routing tables never grow past the peers we dialed.
+                    #[cfg(feature = "dht")]
                     if speaks_kad
                         && (self.allow_private_addrs || !is_private(&addr))
                         && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
@@ -325,6 +357,7 @@ impl EventLoop {
                     protocols,
                 });
             }
+            #[cfg(feature = "mdns")]
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     // Anyone on the link can claim any id by mDNS: the address is only heard
@@ -345,11 +378,13 @@ impl EventLoop {
                     self.emit(Event::PeerDiscovered { peer, addr });
                 }
             }
+            #[cfg(feature = "pubsub")]
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
                 if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut() {
                     self.pubsub.on_event(gossipsub, event);
                 }
             }
+            #[cfg(feature = "dht")]
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                     self.dht.on_event(kad, event);

@@ -47,6 +47,22 @@
 //! | closed groups (allow-list) | [`NodeConfig::allowed_peers`] | no |
 //! | tracing spans per request and DHT query | `p2plane.request`, `p2plane.dht` | with any subscriber |
 //!
+//! ## Feature flags
+//!
+//! | feature | what it adds | default |
+//! |---|---|---|
+//! | `tcp` | TCP with Noise and Yamux | yes |
+//! | `quic` | QUIC (`/udp/../quic-v1`) | yes |
+//! | `dht` | Kademlia: `Node::dht`, `NodeConfig::dht`, lookups of unknown peers | yes |
+//! | `pubsub` | gossipsub: `Node::subscribe`, `Node::publish`, `NodeConfig::pubsub` | yes |
+//! | `mdns` | local discovery: `NodeConfig::mdns` | yes |
+//! | `metrics` | a Prometheus endpoint: `NodeConfig::metrics_addr` | yes |
+//! | `redb` | the persistent peer store `peers::RedbPeerStore` | yes |
+//!
+//! The in-process memory transport, typed request/response with its tower layers, the
+//! memory peer store, identify and ping are always there: `default-features = false,
+//! features = ["tcp"]` builds a node that does request/response over TCP alone.
+//!
 //! Crates: [`p2plane_core`] (vocabulary), [`p2plane_codec`] (wire format),
 //! [`p2plane_transport`] (keys and transports), [`p2plane_peers`] (peer stores),
 //! [`p2plane_dht`] (Kademlia configuration); this crate re-exports what an application
@@ -56,23 +72,29 @@ mod budget;
 mod client;
 mod config;
 mod delayed;
+#[cfg(feature = "dht")]
 mod dht;
 mod error;
 mod event;
 mod event_loop;
 mod gate;
 pub mod layer;
+#[cfg_attr(not(feature = "metrics"), path = "metrics_off.rs")]
 mod metrics;
 mod mux;
 mod node;
 mod peer_table;
+#[cfg(feature = "pubsub")]
 pub mod pubsub;
 mod server;
 mod streams;
+// Nothing is heard of without the DHT or mDNS.
+#[cfg_attr(not(any(feature = "dht", feature = "mdns")), allow(dead_code))]
 mod unverified;
 
 pub use client::Client;
 pub use config::{Identity, NodeConfig};
+#[cfg(feature = "dht")]
 pub use dht::{Dht, DhtConfig, DhtError, DhtMode, FoundPeer, Quorum, StoreStats};
 pub use error::NodeError;
 pub use event::{Event, Events, InboundError};
@@ -86,6 +108,7 @@ pub use p2plane_core::{
 pub use p2plane_peers as peers;
 pub use p2plane_transport::{self as transport, Limits, TransportConfig};
 pub use peer_table::ConnectedPeers;
+#[cfg(feature = "pubsub")]
 pub use pubsub::{PubsubConfig, PubsubError, Subscription, Topic};
 pub use tower::{self, BoxError, service_fn};
 

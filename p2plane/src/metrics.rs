@@ -145,6 +145,7 @@ impl Metrics {
             .inc();
     }
 
+    #[cfg(feature = "dht")]
     pub(crate) fn dht_query(&self, query: &'static str, ok: bool) {
         self.dht_queries
             .get_or_create(&DhtLabels {

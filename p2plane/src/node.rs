@@ -12,6 +12,7 @@ use p2plane_codec::CborCodec;
 use p2plane_core::{
     Error, Multiaddr, PeerId, PeerStore, Protocol, Request, is_valid_protocol_name,
 };
+#[cfg(feature = "dht")]
 use p2plane_dht::{DhtConfig, DhtState};
 use p2plane_transport::{build_swarm, identity};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
@@ -52,11 +53,13 @@ pub(crate) struct Shared {
     pub(crate) peers: Arc<PeerTable>,
     pub(crate) mux: Arc<crate::mux::Pool>,
     /// Addresses heard of but not proved by a connection (DHT lookups, mDNS).
+    #[cfg_attr(not(feature = "dht"), allow(dead_code))]
     pub(crate) unverified: Arc<crate::unverified::Unverified>,
     /// The inbound byte budget of every protocol served.
     pub(crate) budget: Arc<crate::budget::Budget>,
     /// P2PLane's own metrics, when they are on.
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    #[cfg(feature = "metrics")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -161,14 +164,19 @@ impl<P: Protocol> Node<P> {
             config.allowed_peers.clone(),
             Arc::clone(&unverified),
         );
-        let dht_config = config.dht.clone();
-        let dht_store = match &config.dht {
-            Some(dht) => Some(
-                dht.open_store(local_peer_id)
-                    .map_err(NodeError::RecordStore)?,
-            ),
+        #[cfg(feature = "dht")]
+        let kad = match &config.dht {
+            Some(dht) => {
+                let store = dht
+                    .open_store(local_peer_id)
+                    .map_err(NodeError::RecordStore)?;
+                Some(dht.behaviour_with_store(local_peer_id, store))
+            }
             None => None,
         };
+        #[cfg(not(feature = "dht"))]
+        let kad = None;
+        #[cfg(feature = "mdns")]
         let mdns = if config.mdns {
             Some(
                 libp2p::mdns::tokio::Behaviour::new(
@@ -180,6 +188,9 @@ impl<P: Protocol> Node<P> {
         } else {
             None
         };
+        #[cfg(not(feature = "mdns"))]
+        let mdns = None;
+        #[cfg(feature = "pubsub")]
         let gossipsub = match &config.pubsub {
             Some(pubsub) => Some(
                 pubsub
@@ -188,38 +199,37 @@ impl<P: Protocol> Node<P> {
             ),
             None => None,
         };
+        #[cfg(not(feature = "pubsub"))]
+        let gossipsub = None;
         let (ping_interval, ping_timeout, identify_delay) = (
             config.ping_interval,
             config.ping_timeout,
             config.identify_delay,
         );
-        let mut swarm =
-            build_swarm(keypair, &config.transport, move |key| Behaviour {
-                gate,
-                limits,
-                ip_limits,
-                streams,
-                identify: Delayed::new(
-                    identify::Behaviour::new(
-                        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                            .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
-                    ),
-                    identify_delay,
+        let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
+            gate,
+            limits,
+            ip_limits,
+            streams,
+            identify: Delayed::new(
+                identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                        .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: Delayed::new(
-                    ping::Behaviour::new(
-                        ping::Config::new()
-                            .with_interval(ping_interval)
-                            .with_timeout(ping_timeout),
-                    ),
-                    identify_delay,
+                identify_delay,
+            ),
+            ping: Delayed::new(
+                ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(ping_interval)
+                        .with_timeout(ping_timeout),
                 ),
-                kad: Toggle::from(dht_config.as_ref().zip(dht_store).map(|(dht, store)| {
-                    dht.behaviour_with_store(key.public().to_peer_id(), store)
-                })),
-                gossipsub: Toggle::from(gossipsub),
-                mdns: Toggle::from(mdns),
-            })?;
+                identify_delay,
+            ),
+            kad: Toggle::from(kad),
+            gossipsub: Toggle::from(gossipsub),
+            mdns: Toggle::from(mdns),
+        })?;
 
         let listen_error = |reason: String| NodeError::Listen {
             addr: config.listen_addr.clone(),
@@ -259,6 +269,7 @@ impl<P: Protocol> Node<P> {
         tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
 
         // The DHT starts from the peers the store knows to speak it.
+        #[cfg(feature = "dht")]
         if let (Some(dht), Some(kad)) = (&config.dht, swarm.behaviour_mut().kad.as_mut()) {
             let name = dht.protocol.as_str();
             let store = config.peer_store.as_ref();
@@ -290,9 +301,15 @@ impl<P: Protocol> Node<P> {
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        #[cfg(feature = "metrics")]
         let mut libp2p_metrics = None;
+        #[cfg(feature = "metrics")]
         let mut metrics = None;
+        #[cfg(not(feature = "metrics"))]
+        let metrics = None;
+        #[cfg(feature = "metrics")]
         let mut metrics_addr = None;
+        #[cfg(feature = "metrics")]
         if let Some(addr) = config.metrics_addr {
             let mut registry = prometheus_client::registry::Registry::default();
             libp2p_metrics = Some(libp2p::metrics::Metrics::new(&mut registry));
@@ -324,9 +341,13 @@ impl<P: Protocol> Node<P> {
             store: Arc::clone(&config.peer_store),
             unverified: Arc::clone(&unverified),
             allow_private_addrs: config.allow_private_addrs,
+            #[cfg(feature = "dht")]
             dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
+            #[cfg(feature = "dht")]
             kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
+            #[cfg(feature = "pubsub")]
             pubsub: crate::pubsub::PubsubState::new(config.max_message_size, &commands_tx),
+            #[cfg(feature = "metrics")]
             metrics: libp2p_metrics,
         };
         tokio::spawn(event_loop.run());
@@ -351,6 +372,7 @@ impl<P: Protocol> Node<P> {
                 unverified,
                 budget,
                 metrics,
+                #[cfg(feature = "metrics")]
                 metrics_addr,
             }),
             _protocol: PhantomData,
@@ -501,6 +523,7 @@ impl<P: Protocol> Node<P> {
         rx.await.map_err(|_| Error::Shutdown)
     }
 
+    #[cfg(feature = "dht")]
     /// A handle to the node's DHT: discovery, records and providers.
     pub fn dht(&self) -> crate::Dht {
         crate::Dht::new(self.shared.commands.clone(), self.shared.metrics.clone())
@@ -524,6 +547,7 @@ impl<P: Protocol> Node<P> {
         rx.await.map_err(|_| Error::Shutdown)?
     }
 
+    #[cfg(feature = "pubsub")]
     /// Subscribes to topic `T`: the node joins the topic's mesh and delivers every valid
     /// message published on it (by others) to the subscription. Needs
     /// [`NodeConfig::pubsub`](crate::NodeConfig::pubsub).
@@ -559,6 +583,7 @@ impl<P: Protocol> Node<P> {
         crate::pubsub::subscribe::<T>(&self.shared.commands, self.shared.codec, buffer).await
     }
 
+    #[cfg(feature = "pubsub")]
     /// Publishes `message` on topic `T`, after checking it with its own validation
     /// ([`PubsubError::Rejected`](crate::PubsubError::Rejected) if it fails; nothing is
     /// sent). Fails with [`PubsubError::NoPeers`](crate::PubsubError::NoPeers) while no
@@ -570,11 +595,13 @@ impl<P: Protocol> Node<P> {
         crate::pubsub::publish::<T>(&self.shared.commands, &self.shared.codec, message).await
     }
 
+    #[cfg(feature = "pubsub")]
     /// The peers in this node's mesh for topic `T` (those it forwards messages to).
     pub async fn topic_peers<T: crate::Topic>(&self) -> Result<Vec<PeerId>, crate::PubsubError> {
         crate::pubsub::mesh_peers::<T>(&self.shared.commands).await
     }
 
+    #[cfg(feature = "metrics")]
     /// Where the Prometheus metrics are served, when
     /// [`NodeConfig::metrics_addr`](crate::NodeConfig::metrics_addr) is set.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {

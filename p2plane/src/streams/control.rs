@@ -40,6 +40,7 @@ impl Control {
     }
 
     /// Whether there is an established connection to `peer`.
+    #[cfg_attr(not(feature = "dht"), allow(dead_code))]
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
         lock(&self.shared).by_peer.contains_key(peer)
     }
