@@ -22,11 +22,14 @@ use crate::{
 /// Sends requests of protocol `P` to peers: a [`tower::Service`] from
 /// [`Request<P::Request>`](Request) to `P::Response`, so tower middleware wraps it.
 ///
-/// Cheap to clone. Every call opens its own stream on the connection to the peer (dialing
-/// it if needed, from addresses the node has learned), writes one frame, and reads one. A
-/// request larger than the node's `max_message_size` fails with [`Error::TooLarge`] before
-/// anything is sent. Without a timeout layer, a call gives up after the node's
-/// `request_timeout`.
+/// Cheap to clone. A call goes to the peer (dialing it if needed, from addresses the node
+/// has learned) on a shared stream: one long-lived stream per peer and protocol (two: one
+/// for frames up to 64 KiB, one for larger ones) carries every request, each frame tagged
+/// with an id that its response carries back. A peer that does not serve the shared form,
+/// or a node configured with `multiplex: false`, gets a stream per request instead (the
+/// form in `docs/wire.md`). A request larger than the node's `max_message_size` fails with
+/// [`Error::TooLarge`] before anything is sent. Without a timeout layer, a call gives up
+/// after the node's `request_timeout`.
 pub struct Client<P: Protocol> {
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,

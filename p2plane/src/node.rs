@@ -74,7 +74,8 @@ impl Shared {
 ///
 /// `Node` is a cheap, cloneable handle. One task, the event loop, owns the libp2p swarm; the
 /// handles talk to it over bounded channels. Requests do not pass through the event loop:
-/// each opens its own stream straight on the connection. The node shuts down on
+/// they go on streams opened straight on the connection, a shared stream per peer and
+/// protocol (see [`Client`]). The node shuts down on
 /// [`Node::shutdown`] or when the last handle ([`Node`] or [`Client`]) is dropped; calls
 /// still pending then fail with [`Error::Shutdown`].
 ///

@@ -1,4 +1,5 @@
-//! A small libp2p behaviour that hands out raw streams, one per request.
+//! A small libp2p behaviour that hands out raw streams: the shared streams that carry many
+//! requests each, and the one-request streams of peers without the shared form.
 //!
 //! Modeled on `libp2p-stream` (the callers hold channels straight to each connection's
 //! handler, so opening a stream never passes through the node's event loop), with three
