@@ -51,11 +51,15 @@ pub struct NodeConfig {
     pub identity: Identity,
     /// The largest encoded request or response, in bytes. Default 4 MiB.
     pub max_message_size: usize,
-    /// The longest a client call waits for its response when no timeout layer is set.
-    /// Default 30 s.
+    /// The longest one client call (one attempt, under a retry layer) waits for its
+    /// response, whatever layers wrap the client; a `TimeoutLayer` sets a shorter deadline
+    /// per attempt. Default 30 s.
     pub request_timeout: Duration,
-    /// The longest one inbound request may take, from reading it to writing the answer;
-    /// a slower exchange is dropped and reported. Default 30 s.
+    /// The longest a handler may take to answer one inbound request, on both stream forms:
+    /// a slower one is cut off, its caller answered `Failed` ("timed out") and
+    /// [`InboundError::Timeout`](crate::InboundError::Timeout) reported. Reading the
+    /// request and writing the answer have deadlines of their own (`read_timeout`,
+    /// `write_timeout`). Default 30 s.
     pub inbound_timeout: Duration,
     /// Inbound requests handled at once per protocol; more are answered `Busy`. Default 256.
     pub max_concurrent_inbound: usize,

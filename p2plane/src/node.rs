@@ -452,7 +452,7 @@ impl<P: Protocol> Node<P> {
             codec: self.shared.codec,
             events: self.shared.events.clone(),
             shutdown: self.shared.shutdown.clone(),
-            timeout: self.shared.config.inbound_timeout,
+            handler_timeout: self.shared.config.inbound_timeout,
             read_timeout: self.shared.config.read_timeout,
             write_timeout: self.shared.config.write_timeout,
             budget: Arc::clone(&self.shared.budget),

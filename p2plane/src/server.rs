@@ -36,7 +36,7 @@ pub(crate) struct ServerContext {
     pub(crate) codec: CborCodec,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) timeout: Duration,
+    pub(crate) handler_timeout: Duration,
     /// The rest of a frame must arrive within this once it has begun.
     pub(crate) read_timeout: Duration,
     /// An answer must be taken within this.
@@ -128,8 +128,11 @@ pub(crate) async fn run<P: Protocol, H: Handler<P>>(
                 let mut stream = stream;
                 let busy = FrameBuf::encode(&ctx.codec, &Envelope::<()>::Busy);
                 if let Ok(busy) = busy {
-                    let _ = tokio::time::timeout(ctx.timeout, write_and_close(&mut stream, &busy))
-                        .await;
+                    let _ = tokio::time::timeout(
+                        ctx.write_timeout,
+                        write_and_close(&mut stream, &busy),
+                    )
+                    .await;
                 }
                 drop(permit);
             });
@@ -270,7 +273,7 @@ async fn answer<P: Protocol, H: Handler<P>>(
     }
     // A handler that panics is answered like one that fails.
     let run = std::panic::AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
-    match tokio::time::timeout(ctx.timeout, crate::client::instrumented(run, span)).await {
+    match tokio::time::timeout(ctx.handler_timeout, crate::client::instrumented(run, span)).await {
         Ok(Ok(Ok(response))) => {
             ctx.count::<P>("ok");
             encode(&ctx.codec, &Envelope::Ok(&response))
@@ -383,10 +386,9 @@ async fn serve<P: Protocol, H: Handler<P>>(
         drop(permit);
         send(ctx, &peer_budget, &mut charge, frame, &mut stream).await
     };
-    let outcome = tokio::time::timeout(ctx.timeout, exchange)
-        .await
-        .unwrap_or(Err(InboundError::Timeout));
-    if let Err(error) = outcome {
+    // No deadline around the whole: reading has `read_timeout`, the handler
+    // `inbound_timeout` (in `answer`), writing `write_timeout`, each applied once.
+    if let Err(error) = exchange.await {
         report::<P>(ctx, peer, error);
     }
 }
