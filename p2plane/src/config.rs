@@ -126,7 +126,7 @@ pub struct NodeConfig {
     /// Carry small requests to a peer on one shared stream per protocol (ids match
     /// responses to requests) instead of a stream per request. Default `true`; peers that do
     /// not serve the shared form are reached with a stream per request either way.
-    pub multiplex: bool,
+    pub use_shared_streams: bool,
     #[cfg(feature = "dht")]
     /// Kademlia settings; `None` leaves the node out of the DHT. Default: on, in libp2p's
     /// automatic mode (use [`DhtMode::Server`](p2plane_dht::DhtMode::Server) on networks
@@ -181,7 +181,7 @@ impl fmt::Debug for NodeConfig {
                 "shared_stream_idle_timeout",
                 &self.shared_stream_idle_timeout,
             )
-            .field("multiplex", &self.multiplex);
+            .field("use_shared_streams", &self.use_shared_streams);
         #[cfg(feature = "dht")]
         d.field("dht", &self.dht);
         #[cfg(feature = "pubsub")]
@@ -219,7 +219,7 @@ impl Default for NodeConfig {
             redial_on_start: 8,
             max_shared_streams: 4096,
             shared_stream_idle_timeout: Duration::from_secs(90),
-            multiplex: true,
+            use_shared_streams: true,
             #[cfg(feature = "dht")]
             dht: Some(DhtConfig::default()),
             #[cfg(feature = "pubsub")]

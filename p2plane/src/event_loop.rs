@@ -97,7 +97,7 @@ pub(crate) struct EventLoop {
     pub(crate) pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     pub(crate) peers: Arc<PeerTable>,
     /// The node's outbound shared streams, forgotten per peer as its last connection closes.
-    pub(crate) mux: Arc<crate::mux::Pool>,
+    pub(crate) shared_streams: Arc<crate::rpc::shared_stream::SharedStreams>,
     pub(crate) store: Arc<dyn PeerStore>,
     /// Addresses heard of but not proved by a connection.
     pub(crate) unverified: Arc<crate::unverified::Unverified>,
@@ -271,7 +271,7 @@ impl EventLoop {
                 ..
             } => {
                 self.peers.remove(&peer_id);
-                self.mux.forget(&peer_id);
+                self.shared_streams.forget(&peer_id);
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.emit(Event::PeerDisconnected { peer: peer_id });
             }

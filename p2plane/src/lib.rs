@@ -69,7 +69,6 @@
 //! needs.
 
 mod budget;
-mod client;
 mod config;
 mod delayed;
 #[cfg(feature = "dht")]
@@ -81,18 +80,16 @@ mod gate;
 pub mod layer;
 #[cfg_attr(not(feature = "metrics"), path = "metrics_off.rs")]
 mod metrics;
-mod mux;
 mod node;
 mod peer_table;
 #[cfg(feature = "pubsub")]
 pub mod pubsub;
-mod server;
+mod rpc;
 mod streams;
 // Nothing is heard of without the DHT or mDNS.
 #[cfg_attr(not(any(feature = "dht", feature = "mdns")), allow(dead_code))]
 mod unverified;
 
-pub use client::Client;
 pub use config::{Identity, NodeConfig};
 #[cfg(feature = "dht")]
 pub use dht::{Dht, DhtConfig, DhtError, DhtMode, FoundPeer, Quorum, StoreStats};
@@ -110,6 +107,7 @@ pub use p2plane_transport::{self as transport, Limits, TransportConfig};
 pub use peer_table::ConnectedPeers;
 #[cfg(feature = "pubsub")]
 pub use pubsub::{PubsubConfig, PubsubError, Subscription, Topic};
+pub use rpc::Client;
 pub use tower::{self, BoxError, service_fn};
 
 #[doc = include_str!("../../README.md")]

@@ -26,7 +26,7 @@ use crate::{
     event_loop::{Behaviour, Command, EventLoop, error_chain},
     gate::Gate,
     peer_table::PeerTable,
-    server::{self, ServerContext},
+    rpc::server::{self, ServerContext},
     streams,
 };
 
@@ -41,7 +41,7 @@ const IDENTIFY_PROTOCOL: &str = "/p2plane/0.1.0";
 
 /// What every handle shares. When the last handle is dropped, the command channel closes
 /// and the event loop shuts the node down.
-pub(crate) struct Shared {
+pub(crate) struct NodeState {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) control: streams::Control,
     pub(crate) codec: CborCodec,
@@ -51,7 +51,7 @@ pub(crate) struct Shared {
     pub(crate) local_peer_id: PeerId,
     pub(crate) config: NodeConfig,
     pub(crate) peers: Arc<PeerTable>,
-    pub(crate) mux: Arc<crate::mux::Pool>,
+    pub(crate) shared_streams: Arc<crate::rpc::shared_stream::SharedStreams>,
     /// Addresses heard of but not proved by a connection (DHT lookups, mDNS).
     #[cfg_attr(not(feature = "dht"), allow(dead_code))]
     pub(crate) unverified: Arc<crate::unverified::Unverified>,
@@ -63,7 +63,7 @@ pub(crate) struct Shared {
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
-impl Shared {
+impl NodeState {
     pub(crate) fn is_shut_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -104,7 +104,7 @@ impl Shared {
 /// # }
 /// ```
 pub struct Node<P: Protocol> {
-    shared: Arc<Shared>,
+    shared: Arc<NodeState>,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -158,7 +158,7 @@ impl<P: Protocol> Node<P> {
         let control = streams.control();
         let limits = config.limits.behaviour();
         let ip_limits = config.limits.ip_behaviour();
-        let mux = Arc::new(crate::mux::Pool::default());
+        let shared_streams = Arc::new(crate::rpc::shared_stream::SharedStreams::default());
         let unverified = Arc::new(crate::unverified::Unverified::default());
         let gate = Gate::new(
             Arc::clone(&config.peer_store),
@@ -338,7 +338,7 @@ impl<P: Protocol> Node<P> {
             stopped: stopped_tx,
             pending_dials: HashMap::new(),
             peers: Arc::clone(&peers),
-            mux: Arc::clone(&mux),
+            shared_streams: Arc::clone(&shared_streams),
             store: Arc::clone(&config.peer_store),
             unverified: Arc::clone(&unverified),
             allow_private_addrs: config.allow_private_addrs,
@@ -359,7 +359,7 @@ impl<P: Protocol> Node<P> {
             config.max_inbound_bytes_per_peer,
         ));
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(NodeState {
                 commands: commands_tx,
                 control,
                 codec,
@@ -369,7 +369,7 @@ impl<P: Protocol> Node<P> {
                 local_peer_id,
                 config,
                 peers,
-                mux,
+                shared_streams,
                 unverified,
                 budget,
                 metrics,
@@ -446,7 +446,7 @@ impl<P: Protocol> Node<P> {
             .accept(protocol, limit)
             .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
         let shared_inbound = control
-            .accept(crate::mux::mux_protocol(Q::NAME), limit)
+            .accept(crate::rpc::shared_protocol(Q::NAME), limit)
             .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
         let context = Arc::new(ServerContext {
             codec: self.shared.codec,
@@ -508,7 +508,7 @@ impl<P: Protocol> Node<P> {
     /// Closes every connection to `peer` and tells whether there was one. Nothing else
     /// changes: the peer is neither banned nor forgotten, and the next request to it dials
     /// again. Requests in flight on the closed connections fail with
-    /// [`Error::ConnectionClosed`]. [`Event::PeerDisconnected`](crate::Event::PeerDisconnected)
+    /// [`Error::ConnectionClosed`]. [`Event::PeerDisconnected`]
     /// follows once the connections are gone.
     ///
     /// ```no_run

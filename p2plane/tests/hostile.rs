@@ -422,7 +422,7 @@ async fn honest_peers_are_served_while_many_identities_stall_streams() {
     }
     let shared = Node::<Echo>::new(client_config()).await.unwrap();
     let mut one_stream_config = client_config();
-    one_stream_config.multiplex = false;
+    one_stream_config.use_shared_streams = false;
     let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
     let started = std::time::Instant::now();
     let mut ok = 0;
@@ -550,7 +550,7 @@ async fn honest_peers_are_served_during_huge_prefixes_and_id_floods() {
 
     let shared = Node::<Echo>::new(client_config()).await.unwrap();
     let mut one_stream_config = client_config();
-    one_stream_config.multiplex = false;
+    one_stream_config.use_shared_streams = false;
     let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
     let started = std::time::Instant::now();
     let honest = [&shared, &one_stream].map(|client| {

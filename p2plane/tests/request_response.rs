@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tower::{Service, ServiceExt as _};
 
-async fn thousand_requests(listen: &str, multiplex: bool) {
+async fn thousand_requests(listen: &str, use_shared_streams: bool) {
     let server = echo_node(config(listen)).await;
     let mut client_config = config(listen);
-    client_config.multiplex = multiplex;
+    client_config.use_shared_streams = use_shared_streams;
     let node = Node::<Echo>::new(client_config).await.unwrap();
     let peer = within("dial", node.dial(first_addr(&server).await))
         .await

@@ -1,4 +1,4 @@
-//! The shared (multiplexed) request stream: fallback to peers that speak only the
+//! Shared streams: fallback to peers that speak only the
 //! one-request-per-stream form, and hostile bytes on a shared stream.
 
 mod common;
@@ -208,12 +208,12 @@ async fn hostile_bytes_on_a_shared_stream_are_refused_and_the_node_keeps_serving
 /// streams of one request each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_answered_failed_and_the_stream_keeps_serving() {
-    for multiplex in [true, false] {
-        panicking_handler(multiplex).await;
+    for use_shared_streams in [true, false] {
+        panicking_handler(use_shared_streams).await;
     }
 }
 
-async fn panicking_handler(multiplex: bool) {
+async fn panicking_handler(use_shared_streams: bool) {
     let server = Node::<Echo>::new(config(TCP)).await.unwrap();
     let me = server.local_peer_id();
     server
@@ -227,7 +227,7 @@ async fn panicking_handler(multiplex: bool) {
         ))
         .unwrap();
     let mut client_config = config(TCP);
-    client_config.multiplex = multiplex;
+    client_config.use_shared_streams = use_shared_streams;
     let client = Node::<Echo>::new(client_config).await.unwrap();
     let peer = within("dial", client.dial(first_addr(&server).await))
         .await

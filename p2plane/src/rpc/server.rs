@@ -1,5 +1,5 @@
 //! Serving inbound requests. Per protocol, one task accepts streams of one request each, and
-//! one accepts shared (multiplexed) streams. Every request runs under the protocol's permits
+//! one accepts shared streams. Every request runs under the protocol's permits
 //! (`max_concurrent_inbound`), and beyond them is answered `Busy`. A stream of one request
 //! is served by a task of its own; on a shared stream, the reader runs each request's
 //! handler once itself and gives a task of its own only to one not answered then (see
@@ -266,14 +266,14 @@ async fn answer<P: Protocol, H: Handler<P>>(
     body: P::Request,
     handler: H,
 ) -> FrameBuf {
-    let span = crate::client::request_span("inbound", peer, P::NAME, None);
+    let span = crate::rpc::request_span("inbound", peer, P::NAME, None);
     let request = Request::for_protocol::<P>(peer, body);
     if let Some(id) = id.filter(|_| !span.is_disabled()) {
         span.record("id", id);
     }
     // A handler that panics is answered like one that fails.
     let run = std::panic::AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
-    match tokio::time::timeout(ctx.handler_timeout, crate::client::instrumented(run, span)).await {
+    match tokio::time::timeout(ctx.handler_timeout, crate::rpc::instrumented(run, span)).await {
         Ok(Ok(Ok(response))) => {
             ctx.count::<P>("ok");
             encode(&ctx.codec, &Envelope::Ok(&response))
@@ -424,7 +424,7 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
 ) {
     let peer_budget = ctx.budget.peer(peer);
     let (reader, mut writer) = stream.split();
-    let mut reader = futures::io::BufReader::with_capacity(crate::mux::READ_BUFFER, reader);
+    let mut reader = futures::io::BufReader::with_capacity(crate::rpc::READ_BUFFER, reader);
     // Answers on their way out, each with the budget it holds until written.
     let (answers, mut outgoing) = mpsc::channel::<(FrameBuf, Option<Charge>)>(1024);
     let read = {
@@ -528,11 +528,11 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
         }
     };
     let write = async move {
-        let mut batch = Vec::with_capacity(crate::mux::BATCH);
+        let mut batch = Vec::with_capacity(crate::rpc::BATCH);
         // The answers in the batch, with their charges, until it is written.
         let mut held = Vec::new();
         while let Some(first) = outgoing.recv().await {
-            crate::mux::gather(&mut batch, first, &mut outgoing, &mut held);
+            crate::rpc::gather(&mut batch, first, &mut outgoing, &mut held);
             let written = tokio::time::timeout(ctx.write_timeout, async {
                 writer.write_all(&batch).await?;
                 writer.flush().await
@@ -627,7 +627,7 @@ impl Inline {
     }
 }
 
-impl crate::mux::Outgoing for (FrameBuf, Option<Charge>) {
+impl crate::rpc::Outgoing for (FrameBuf, Option<Charge>) {
     fn frame(&self) -> &FrameBuf {
         &self.0
     }

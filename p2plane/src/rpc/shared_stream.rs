@@ -1,11 +1,11 @@
-//! Multiplexed request streams: one long-lived stream per peer and protocol carries many
+//! The client half of shared streams: one long-lived stream per peer and protocol carries many
 //! requests, each frame tagged with an id, so a request costs no stream setup or protocol
 //! negotiation and many requests share one write.
 //!
-//! The stream is negotiated under the protocol's name followed by [`SUFFIX`]. A peer that
+//! The stream is negotiated under the protocol's name followed by [`SUFFIX`](super::SUFFIX). A peer that
 //! does not serve that name (another implementation speaking only the one-stream-per-request
 //! form in `docs/wire.md`) is remembered and reached with a stream per request instead.
-//! Each peer and protocol gets two shared streams: one for frames up to [`MAX_MUX_FRAME`],
+//! Each peer and protocol gets two shared streams: one for frames up to [`MAX_SMALL_FRAME`],
 //! one for larger bodies, so a large body does not hold up small ones, and its stream keeps
 //! the flow-control window yamux has grown.
 
@@ -25,64 +25,15 @@ use p2plane_codec::{FrameBuf, FrameError, SharedFrame, read_shared_frame};
 use p2plane_core::{CodecError, Error};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{
-    client::{answer_error, map_stream_error},
-    streams,
-};
+use super::{BATCH, READ_BUFFER, answer_error, gather, map_stream_error};
+use crate::streams;
 
-/// Appended to a protocol's name to name its multiplexed form.
-pub(crate) const SUFFIX: &str = "/p2plane-mux/1";
 /// Frames up to this size share the small-message stream; larger ones the bulk stream.
-pub(crate) const MAX_MUX_FRAME: usize = 64 * 1024;
+const MAX_SMALL_FRAME: usize = 64 * 1024;
 /// Requests in flight on one shared stream; more wait for a slot.
 const MAX_IN_FLIGHT: usize = 1024;
-/// The read buffer of each end of a shared stream: a frame's length, id and small body come
-/// out of it without a read of the stream each (six reads of the stream per small frame
-/// without it, each taking the stream's lock). Larger bodies bypass it.
-pub(crate) const READ_BUFFER: usize = 4 * 1024;
-/// Bytes gathered into one write on a shared stream.
-pub(crate) const BATCH: usize = 64 * 1024;
-
-/// A frame queued for a shared stream, with whatever must live until it is written.
-pub(crate) trait Outgoing {
-    fn frame(&self) -> &FrameBuf;
-}
-
-impl Outgoing for FrameBuf {
-    fn frame(&self) -> &FrameBuf {
-        self
-    }
-}
-
-/// Puts `first` and whatever else is already queued (up to [`BATCH`] bytes) into `batch`,
-/// so that one write carries them all; the items gathered go to `held`, to be dropped once
-/// the batch is written. Both ends of a shared stream write this way.
-pub(crate) fn gather<T: Outgoing>(
-    batch: &mut Vec<u8>,
-    first: T,
-    queue: &mut mpsc::Receiver<T>,
-    held: &mut Vec<T>,
-) {
-    batch.clear();
-    batch.extend_from_slice(first.frame().as_bytes());
-    held.push(first);
-    while batch.len() < BATCH {
-        match queue.try_recv() {
-            Ok(item) => {
-                batch.extend_from_slice(item.frame().as_bytes());
-                held.push(item);
-            }
-            Err(_) => break,
-        }
-    }
-}
-/// The most (peer, protocol) pairs remembered as not speaking the multiplexed form.
-const MAX_NO_MUX: usize = 10_000;
-
-pub(crate) fn mux_protocol(name: &str) -> StreamProtocol {
-    StreamProtocol::try_from_owned(format!("{name}{SUFFIX}"))
-        .expect("a valid name plus a suffix is valid")
-}
+/// The most (peer, protocol) pairs remembered as without shared streams.
+const MAX_NO_SHARED: usize = 10_000;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, Error>>>>;
 
@@ -124,19 +75,19 @@ impl Channel {
 
 /// The node's shared streams.
 #[derive(Default)]
-pub(crate) struct Pool {
+pub(crate) struct SharedStreams {
     channels: Mutex<HashMap<(PeerId, StreamProtocol, bool), Arc<Channel>>>,
-    no_mux: Mutex<HashSet<(PeerId, StreamProtocol)>>,
+    no_shared: Mutex<HashSet<(PeerId, StreamProtocol)>>,
 }
 
-impl Pool {
-    pub(crate) fn speaks_mux(&self, peer: PeerId, protocol: &StreamProtocol) -> bool {
-        !lock(&self.no_mux).contains(&(peer, protocol.clone()))
+impl SharedStreams {
+    pub(crate) fn speaks_shared(&self, peer: PeerId, protocol: &StreamProtocol) -> bool {
+        !lock(&self.no_shared).contains(&(peer, protocol.clone()))
     }
 
-    pub(crate) fn mark_no_mux(&self, peer: PeerId, protocol: StreamProtocol) {
-        let mut set = lock(&self.no_mux);
-        if set.len() >= MAX_NO_MUX {
+    pub(crate) fn mark_no_shared(&self, peer: PeerId, protocol: StreamProtocol) {
+        let mut set = lock(&self.no_shared);
+        if set.len() >= MAX_NO_SHARED {
             set.clear();
         }
         set.insert((peer, protocol));
@@ -159,7 +110,7 @@ impl Pool {
         idle: Duration,
     ) -> Arc<Channel> {
         let mut channels = lock(&self.channels);
-        let key = (peer, protocol.clone(), frame_len > MAX_MUX_FRAME);
+        let key = (peer, protocol.clone(), frame_len > MAX_SMALL_FRAME);
         if let Some(channel) = channels.get(&key).filter(|c| c.alive()) {
             return Arc::clone(channel);
         }
@@ -316,7 +267,7 @@ async fn drive(
         let stream = control
             .open(peer, protocol.clone())
             .await
-            .map_err(|e| crate::client::map_open_error(e, peer, &protocol))?;
+            .map_err(|e| crate::rpc::map_open_error(e, peer, &protocol))?;
         let (reader, mut writer) = stream.split();
         let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER, reader);
         let stream_error = |e: io::Error| map_stream_error(e, peer, &protocol);

@@ -7,17 +7,13 @@ use std::{
 };
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, future::BoxFuture};
-use libp2p::{StreamProtocol, core::upgrade::NegotiationError};
-use p2plane_codec::{Envelope, FrameBuf, FrameError, read_frame};
-use p2plane_core::{Codec as _, CodecError, Error, PeerId, Protocol, Request};
+use libp2p::StreamProtocol;
+use p2plane_codec::{Envelope, FrameBuf, read_frame};
+use p2plane_core::{Codec as _, Error, PeerId, Protocol, Request};
 use tower_service::Service;
-use tracing::Instrument as _;
 
-use crate::{
-    mux::mux_protocol,
-    node::{Shared, stream_protocol},
-    streams::OpenError,
-};
+use super::{answer_error, instrumented, map_open_error, map_stream_error, request_span};
+use crate::node::{NodeState, stream_protocol};
 
 /// Sends requests of protocol `P` to peers: a [`tower::Service`] from
 /// [`Request<P::Request>`](Request) to `P::Response`, so tower middleware wraps it.
@@ -26,12 +22,12 @@ use crate::{
 /// has learned) on a shared stream: one long-lived stream per peer and protocol (two: one
 /// for frames up to 64 KiB, one for larger ones) carries every request, each frame tagged
 /// with an id that its response carries back. A peer that does not serve the shared form,
-/// or a node configured with `multiplex: false`, gets a stream per request instead (the
+/// or a node configured with `use_shared_streams: false`, gets a stream per request instead (the
 /// form in `docs/wire.md`). A request larger than the node's `max_message_size` fails with
 /// [`Error::TooLarge`] before anything is sent. Without a timeout layer, a call gives up
 /// after the node's `request_timeout`.
 pub struct Client<P: Protocol> {
-    shared: Arc<Shared>,
+    shared: Arc<NodeState>,
     protocols: Arc<Protocols>,
     _protocol: PhantomData<fn() -> P>,
 }
@@ -39,7 +35,7 @@ pub struct Client<P: Protocol> {
 /// A protocol's two stream names: one request per stream, and the shared form.
 pub(crate) struct Protocols {
     pub(crate) plain: StreamProtocol,
-    pub(crate) mux: StreamProtocol,
+    pub(crate) shared: StreamProtocol,
 }
 
 impl<P: Protocol> Clone for Client<P> {
@@ -61,12 +57,12 @@ impl<P: Protocol> std::fmt::Debug for Client<P> {
 }
 
 impl<P: Protocol> Client<P> {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<NodeState>) -> Self {
         Self {
             shared,
             protocols: Arc::new(Protocols {
                 plain: stream_protocol::<P>(),
-                mux: mux_protocol(P::NAME),
+                shared: crate::rpc::shared_protocol(P::NAME),
             }),
             _protocol: PhantomData,
         }
@@ -120,40 +116,8 @@ impl<P: Protocol> Service<Request<P::Request>> for Client<P> {
     }
 }
 
-/// `future` inside `span`, unless nobody listens for the span: entering and leaving a
-/// disabled span on every poll still costs (with `tracing`'s `log` feature, which a
-/// dependency turns on, each poll asks `log` whether it is enabled).
-pub(crate) fn instrumented<F: std::future::Future>(
-    future: F,
-    span: tracing::Span,
-) -> futures::future::Either<F, tracing::instrument::Instrumented<F>> {
-    if span.is_disabled() {
-        futures::future::Either::Left(future)
-    } else {
-        futures::future::Either::Right(future.instrument(span))
-    }
-}
-
-/// The span of one request, on either side: `p2plane.request` with its direction, peer,
-/// protocol, attempt (outbound) and, on shared streams, its id (recorded once known).
-pub(crate) fn request_span(
-    direction: &'static str,
-    peer: PeerId,
-    protocol: &'static str,
-    attempt: Option<u32>,
-) -> tracing::Span {
-    tracing::debug_span!(
-        "p2plane.request",
-        direction,
-        %peer,
-        protocol,
-        attempt,
-        id = tracing::field::Empty,
-    )
-}
-
 async fn call<P: Protocol>(
-    shared: Arc<Shared>,
+    shared: Arc<NodeState>,
     protocols: Arc<Protocols>,
     request: Request<P::Request>,
 ) -> Result<P::Response, Error> {
@@ -178,7 +142,7 @@ async fn call<P: Protocol>(
 }
 
 async fn exchange<P: Protocol>(
-    shared: &Shared,
+    shared: &NodeState,
     protocols: &Protocols,
     peer: PeerId,
     frame: &FrameBuf,
@@ -189,17 +153,20 @@ async fn exchange<P: Protocol>(
         Box::pin(find_unknown_peer(shared, peer)).await;
     }
     let limit = shared.codec.max_message_size();
-    let shared_stream = shared.config.multiplex && shared.mux.speaks_mux(peer, &protocols.mux);
+    let shared_stream = shared.config.use_shared_streams
+        && shared.shared_streams.speaks_shared(peer, &protocols.shared);
     let bytes = if shared_stream {
         let idle = shared.config.transport.idle_connection_timeout;
         match shared
-            .mux
-            .call(&shared.control, peer, &protocols.mux, frame, limit, idle)
+            .shared_streams
+            .call(&shared.control, peer, &protocols.shared, frame, limit, idle)
             .await
         {
             // A peer without the shared form: a stream per request from now on.
             Err(Error::UnsupportedProtocol { .. }) => {
-                shared.mux.mark_no_mux(peer, protocols.mux.clone());
+                shared
+                    .shared_streams
+                    .mark_no_shared(peer, protocols.shared.clone());
                 Box::pin(single(shared, &protocols.plain, peer, frame)).await?
             }
             other => other?,
@@ -226,7 +193,7 @@ async fn exchange<P: Protocol>(
 /// A peer we are not connected to and know no address for is looked up in the DHT first
 /// ([`find_unknown_peer`]), so a request can reach a peer never met.
 #[cfg(feature = "dht")]
-fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
+fn needs_lookup(shared: &NodeState, peer: PeerId) -> bool {
     shared.config.dht.is_some()
         && !shared.control.is_connected(&peer)
         && shared.config.peer_store.addresses(&peer).is_empty()
@@ -237,7 +204,7 @@ fn needs_lookup(shared: &Shared, peer: PeerId) -> bool {
 /// are dialled, and enter the peer store only once a connection proves them. Failures are
 /// left to the dial that follows.
 #[cfg(feature = "dht")]
-async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
+async fn find_unknown_peer(shared: &NodeState, peer: PeerId) {
     if let Ok(addrs) = crate::Dht::new(shared.commands.clone(), shared.metrics.clone())
         .find_peer(peer)
         .await
@@ -255,7 +222,7 @@ async fn find_unknown_peer(shared: &Shared, peer: PeerId) {
 
 /// One request on a stream of its own; returns the response payload.
 async fn single(
-    shared: &Shared,
+    shared: &NodeState,
     protocol: &StreamProtocol,
     peer: PeerId,
     frame: &FrameBuf,
@@ -291,87 +258,4 @@ async fn single(
     read_frame(&mut stream, shared.codec.max_message_size())
         .await
         .map_err(|e| answer_error(e, peer, stream_error))
-}
-
-/// What a failure to read an answer frame means for the caller.
-pub(crate) fn answer_error(
-    e: FrameError,
-    peer: PeerId,
-    stream_error: impl Fn(io::Error) -> Error,
-) -> Error {
-    match e {
-        FrameError::Io(e) => stream_error(e),
-        FrameError::Codec(CodecError::TooLarge { limit, len }) => Error::TooLarge {
-            limit,
-            len,
-            response: true,
-        },
-        FrameError::Codec(CodecError::Truncated {
-            expected: 0,
-            got: 0,
-        }) => Error::ConnectionClosed { peer },
-        other => Error::Protocol {
-            peer,
-            reason: other.to_string(),
-        },
-    }
-}
-
-pub(crate) fn map_open_error(e: OpenError, peer: PeerId, protocol: &StreamProtocol) -> Error {
-    match e {
-        OpenError::Unsupported => Error::UnsupportedProtocol {
-            peer,
-            protocol: plain_name(protocol),
-        },
-        OpenError::Dial(reason) => Error::Dial {
-            peer: Some(peer),
-            reason,
-        },
-        OpenError::Closed => Error::ConnectionClosed { peer },
-        OpenError::Timeout => Error::Timeout { peer },
-        OpenError::Io(e) => map_stream_error(e, peer, protocol),
-    }
-}
-
-/// With optimistic negotiation, a peer that does not speak the protocol is detected on the
-/// first read or write rather than when the stream opens.
-pub(crate) fn map_stream_error(e: io::Error, peer: PeerId, protocol: &StreamProtocol) -> Error {
-    if is_negotiation_failure(&e) {
-        Error::UnsupportedProtocol {
-            peer,
-            protocol: plain_name(protocol),
-        }
-    } else {
-        io_error(peer, e)
-    }
-}
-
-/// The application's protocol name, without the shared-stream suffix.
-fn plain_name(protocol: &StreamProtocol) -> String {
-    let name = protocol.as_ref();
-    name.strip_suffix(crate::mux::SUFFIX)
-        .unwrap_or(name)
-        .to_owned()
-}
-
-fn is_negotiation_failure(e: &io::Error) -> bool {
-    matches!(
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<NegotiationError>()),
-        Some(NegotiationError::Failed)
-    )
-}
-
-fn io_error(peer: PeerId, e: io::Error) -> Error {
-    use io::ErrorKind::*;
-    match e.kind() {
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
-            Error::ConnectionClosed { peer }
-        }
-        kind => Error::Io {
-            peer,
-            kind,
-            message: e.to_string(),
-        },
-    }
 }
