@@ -221,14 +221,7 @@ async fn a_one_gib_length_prefix_is_refused_on_both_forms() {
     .await;
     let mut attacker = Attacker::connect(first_addr(&server).await).await;
     let codec = CborCodec::default();
-    let gib: u64 = 1 << 30;
-    let mut prefix = Vec::new();
-    let mut n = gib;
-    while n >= 0x80 {
-        prefix.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    prefix.push(n as u8);
+    let prefix = gib_prefix();
 
     // One request per stream: the answer says the frame is too large.
     let answer_bytes = attacker.send_raw(&prefix).await;
@@ -420,23 +413,8 @@ async fn honest_peers_are_served_while_many_identities_stall_streams() {
             }
         }
     }
-    let shared = Node::<Echo>::new(client_config()).await.unwrap();
-    let mut one_stream_config = client_config();
-    one_stream_config.use_shared_streams = false;
-    let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
     let started = std::time::Instant::now();
-    let mut ok = 0;
-    for client in [&shared, &one_stream] {
-        let peer = client.dial(addr.clone()).await.unwrap();
-        for i in 0..HONEST {
-            if within("an honest request", client.client().request(peer, echo(i)))
-                .await
-                .is_ok_and(|reply| reply == answer(&echo(i), peer))
-            {
-                ok += 1;
-            }
-        }
-    }
+    let ok = honest_requests(&addr, HONEST).await;
     let took = started.elapsed();
     let peak = server.inbound_bytes_peak();
     println!(
@@ -447,6 +425,29 @@ async fn honest_peers_are_served_while_many_identities_stall_streams() {
     assert_eq!(ok, 2 * HONEST);
     assert!(peak <= total, "held {peak} of a {total} budget");
     drop(stalled);
+}
+
+/// Two honest peers, one on shared streams and one with a stream per request, each send
+/// `n` requests to `addr` at the same time; returns how many were answered correctly.
+async fn honest_requests(addr: &p2plane::Multiaddr, n: u64) -> u64 {
+    let shared = Node::<Echo>::new(client_config()).await.unwrap();
+    let mut one_stream_config = client_config();
+    one_stream_config.use_shared_streams = false;
+    let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
+    let honest = [&shared, &one_stream].map(|client| async move {
+        let peer = client.dial(addr.clone()).await.unwrap();
+        let mut ok = 0u64;
+        for i in 0..n {
+            if within("an honest request", client.client().request(peer, echo(i)))
+                .await
+                .is_ok_and(|reply| reply == answer(&echo(i), peer))
+            {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    join_all(honest).await.into_iter().sum()
 }
 
 /// The varint length prefix of a 1 GiB frame.
@@ -548,28 +549,8 @@ async fn honest_peers_are_served_during_huge_prefixes_and_id_floods() {
     })
     .await;
 
-    let shared = Node::<Echo>::new(client_config()).await.unwrap();
-    let mut one_stream_config = client_config();
-    one_stream_config.use_shared_streams = false;
-    let one_stream = Node::<Echo>::new(one_stream_config).await.unwrap();
     let started = std::time::Instant::now();
-    let honest = [&shared, &one_stream].map(|client| {
-        let addr = addr.clone();
-        async move {
-            let peer = client.dial(addr).await.unwrap();
-            let mut ok = 0u64;
-            for i in 0..HONEST {
-                if within("an honest request", client.client().request(peer, echo(i)))
-                    .await
-                    .is_ok_and(|reply| reply == answer(&echo(i), peer))
-                {
-                    ok += 1;
-                }
-            }
-            ok
-        }
-    });
-    let ok: u64 = join_all(honest).await.into_iter().sum();
+    let ok = honest_requests(&addr, HONEST).await;
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (prefixes, ids) = (
