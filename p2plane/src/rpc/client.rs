@@ -12,10 +12,7 @@ use p2plane_codec::{Envelope, FrameBuf, read_frame};
 use p2plane_core::{Codec as _, Error, PeerId, Protocol, Request};
 use tower_service::Service;
 
-use super::{
-    answer_error, instrumented, map_open_error, map_stream_error, request_span,
-    shared_stream::Target,
-};
+use super::{answer_error, instrumented, map_open_error, map_stream_error, request_span};
 use crate::node::{NodeState, stream_protocol};
 
 /// Sends requests of protocol `P` to peers: a [`tower::Service`] from
@@ -132,7 +129,7 @@ async fn call<P: Protocol>(
     let frame = FrameBuf::encode(&shared.codec, request.body())?;
     let mut shutdown = shared.shutdown.clone();
     let result = tokio::select! {
-        result = tokio::time::timeout(shared.config.request_timeout, exchange::<P>(&shared, &protocols, peer, frame, request.body())) => {
+        result = tokio::time::timeout(shared.config.request_timeout, exchange::<P>(&shared, &protocols, peer, &frame)) => {
             result.unwrap_or(Err(Error::Timeout { peer }))
         }
         _ = shutdown.wait_for(|down| *down) => Err(Error::Shutdown),
@@ -148,8 +145,7 @@ async fn exchange<P: Protocol>(
     shared: &NodeState,
     protocols: &Protocols,
     peer: PeerId,
-    frame: FrameBuf,
-    body: &P::Request,
+    frame: &FrameBuf,
 ) -> Result<P::Response, Error> {
     #[cfg(feature = "dht")]
     if needs_lookup(shared, peer) {
@@ -163,32 +159,20 @@ async fn exchange<P: Protocol>(
         let idle = shared.config.transport.idle_connection_timeout;
         match shared
             .shared_streams
-            .call(
-                &Target {
-                    control: &shared.control,
-                    peer,
-                    protocol: &protocols.shared,
-                    limit,
-                    idle,
-                },
-                frame,
-                &|| Ok(FrameBuf::encode(&shared.codec, body)?),
-            )
+            .call(&shared.control, peer, &protocols.shared, frame, limit, idle)
             .await
         {
-            // A peer without the shared form: a stream per request from now on (the frame
-            // went to the shared stream: it is encoded again, once per such peer).
+            // A peer without the shared form: a stream per request from now on.
             Err(Error::UnsupportedProtocol { .. }) => {
                 shared
                     .shared_streams
                     .mark_no_shared(peer, protocols.shared.clone());
-                let frame = FrameBuf::encode(&shared.codec, body)?;
-                Box::pin(single(shared, &protocols.plain, peer, &frame)).await?
+                Box::pin(single(shared, &protocols.plain, peer, frame)).await?
             }
             other => other?,
         }
     } else {
-        Box::pin(single(shared, &protocols.plain, peer, &frame)).await?
+        Box::pin(single(shared, &protocols.plain, peer, frame)).await?
     };
     let envelope: Envelope<P::Response> =
         shared.codec.decode(&bytes).map_err(|e| Error::Protocol {

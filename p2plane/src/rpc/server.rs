@@ -430,12 +430,6 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
     let read = {
         let ctx = Arc::clone(&ctx);
         let peer_budget = Arc::clone(&peer_budget);
-        let jobs = StreamJobs {
-            ctx: Arc::clone(&ctx),
-            peer,
-            peer_budget: Arc::clone(&peer_budget),
-            answers: answers.clone(),
-        };
         async move {
             let limit = ctx.codec.max_message_size();
             let mut inline = Inline::default();
@@ -507,17 +501,17 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
                     }
                     Ok(body) => match Arc::clone(&ctx.workers).try_acquire_owned() {
                         Ok(permit) => {
-                            let job = Job {
+                            let job = answer_shared::<P, H>(
+                                Arc::clone(&ctx),
+                                peer,
                                 id,
                                 body,
-                                permit,
-                                charge,
-                            };
-                            inline.run_or_spawn(answer_shared::<P, H>(
-                                jobs.clone(),
                                 handler.clone(),
-                                job,
-                            ));
+                                (permit, charge),
+                                Arc::clone(&peer_budget),
+                                answers.clone(),
+                            );
+                            inline.run_or_spawn(job);
                             continue;
                         }
                         Err(_) => {
@@ -562,43 +556,19 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
     }
 }
 
-/// What the request jobs of one inbound shared stream share.
-#[derive(Clone)]
-struct StreamJobs {
-    ctx: Arc<ServerContext>,
-    peer: PeerId,
-    peer_budget: Arc<Semaphore>,
-    /// The stream's writer: answers with the budget each holds until written.
-    answers: mpsc::Sender<(FrameBuf, Option<Charge>)>,
-}
-
-/// One request read from a shared stream, with the worker permit and the budget it holds.
-struct Job<R> {
-    id: u64,
-    body: R,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    charge: Charge,
-}
-
 /// Runs one request of a shared stream: the handler under the worker permit, then its
 /// answer queued for the writer under the request's budget.
+#[allow(clippy::too_many_arguments)]
 async fn answer_shared<P: Protocol, H: Handler<P>>(
-    jobs: StreamJobs,
+    ctx: Arc<ServerContext>,
+    peer: PeerId,
+    id: u64,
+    body: P::Request,
     handler: H,
-    job: Job<P::Request>,
+    (permit, mut charge): (tokio::sync::OwnedSemaphorePermit, Charge),
+    peer_budget: Arc<Semaphore>,
+    answers: mpsc::Sender<(FrameBuf, Option<Charge>)>,
 ) {
-    let StreamJobs {
-        ctx,
-        peer,
-        peer_budget,
-        answers,
-    } = jobs;
-    let Job {
-        id,
-        body,
-        permit,
-        mut charge,
-    } = job;
     let mut frame = answer::<P, H>(&ctx, peer, Some(id), body, handler).await;
     drop(permit);
     frame.set_id(id);

@@ -73,28 +73,6 @@ impl Channel {
     }
 }
 
-/// Where a call goes: the peer, the shared form's protocol, and the limits of its stream.
-pub(crate) struct Target<'a> {
-    pub(crate) control: &'a streams::Control,
-    pub(crate) peer: PeerId,
-    pub(crate) protocol: &'a StreamProtocol,
-    /// The largest response frame read.
-    pub(crate) limit: usize,
-    /// How long the stream stays open with nothing in flight.
-    pub(crate) idle: Duration,
-}
-
-/// What a shared stream's drive task owns: where the stream goes and its callers' state.
-struct Link {
-    control: streams::Control,
-    peer: PeerId,
-    protocol: StreamProtocol,
-    limit: usize,
-    idle: Duration,
-    pending: Arc<Pending>,
-    ended: Arc<Ended>,
-}
-
 /// The node's shared streams.
 #[derive(Default)]
 pub(crate) struct SharedStreams {
@@ -122,9 +100,17 @@ impl SharedStreams {
         lock(&self.channels).retain(|(p, _, _), _| p != peer);
     }
 
-    fn channel(&self, frame_len: usize, to: &Target<'_>) -> Arc<Channel> {
+    fn channel(
+        &self,
+        frame_len: usize,
+        control: &streams::Control,
+        peer: PeerId,
+        protocol: &StreamProtocol,
+        limit: usize,
+        idle: Duration,
+    ) -> Arc<Channel> {
         let mut channels = lock(&self.channels);
-        let key = (to.peer, to.protocol.clone(), frame_len > MAX_SMALL_FRAME);
+        let key = (peer, protocol.clone(), frame_len > MAX_SMALL_FRAME);
         if let Some(channel) = channels.get(&key).filter(|c| c.alive()) {
             return Arc::clone(channel);
         }
@@ -137,22 +123,21 @@ impl SharedStreams {
             slots: Semaphore::new(MAX_IN_FLIGHT),
             ended: Arc::default(),
         });
-        let link = Link {
-            control: to.control.clone(),
-            peer: to.peer,
-            protocol: to.protocol.clone(),
-            limit: to.limit,
-            idle: to.idle,
-            pending: Arc::clone(&channel.pending),
-            ended: Arc::clone(&channel.ended),
-        };
-        tokio::spawn(drive(link, rx));
+        tokio::spawn(drive(
+            control.clone(),
+            peer,
+            protocol.clone(),
+            rx,
+            Arc::clone(&channel.pending),
+            Arc::clone(&channel.ended),
+            limit,
+            idle,
+        ));
         channels.insert(key, Arc::clone(&channel));
         channel
     }
 
-    /// Sends `request` on the shared stream to `peer` and returns the response payload;
-    /// `rebuild` encodes the request again for a second attempt.
+    /// Sends `frame` on the shared stream to `peer` and returns the response payload.
     ///
     /// A stream that ended without reading this call's request (idle on our side as the
     /// call took it, or closed cleanly by the server: a server closes only between requests,
@@ -161,19 +146,17 @@ impl SharedStreams {
     /// leaves the call [`Error::Busy`]: it did not act on the request.
     pub(crate) async fn call(
         &self,
-        to: &Target<'_>,
-        request: FrameBuf,
-        rebuild: &(dyn Fn() -> Result<FrameBuf, Error> + Sync),
+        control: &streams::Control,
+        peer: PeerId,
+        protocol: &StreamProtocol,
+        request: &FrameBuf,
+        limit: usize,
+        idle: Duration,
     ) -> Result<Vec<u8>, Error> {
-        let len = request.len();
-        // The frame goes to the stream as it is, without a copy; the rare second attempt
-        // encodes it again.
-        let mut first = Some(request);
         for _ in 0..2 {
             // Small and large frames use separate shared streams, so a large body never
             // holds up small ones.
-            let channel = self.channel(len, to);
-            let peer = to.peer;
+            let channel = self.channel(request.len(), control, peer, protocol, limit, idle);
             let _slot = channel
                 .slots
                 .acquire()
@@ -184,10 +167,7 @@ impl SharedStreams {
             if !span.is_disabled() {
                 span.record("id", id);
             }
-            let mut frame = match first.take() {
-                Some(frame) => frame,
-                None => rebuild()?,
-            };
+            let mut frame = request.clone();
             frame.set_id(id);
             let (tx, rx) = oneshot::channel();
             {
@@ -217,7 +197,7 @@ impl SharedStreams {
                 Err(_) => return Err(channel.ended(peer)),
             }
         }
-        Err(Error::Busy { peer: to.peer })
+        Err(Error::Busy { peer })
     }
 }
 
@@ -272,16 +252,17 @@ async fn read_responses<R: futures::AsyncRead + Unpin>(
 /// idle for `idle` with nothing in flight, or when the server closes it; every caller still
 /// waiting gets the error, or, when the server closed the stream cleanly (so it read none
 /// of their requests), is told to go on a new stream.
-async fn drive(link: Link, mut frames: mpsc::Receiver<FrameBuf>) {
-    let Link {
-        control,
-        peer,
-        protocol,
-        limit,
-        idle,
-        pending,
-        ended,
-    } = link;
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    control: streams::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    mut frames: mpsc::Receiver<FrameBuf>,
+    pending: Arc<Pending>,
+    ended: Arc<Ended>,
+    limit: usize,
+    idle: Duration,
+) {
     let outcome: Result<Option<Closed>, Error> = async {
         let stream = control
             .open(peer, protocol.clone())
