@@ -6,14 +6,10 @@ use libp2p::{
 };
 
 use crate::{
-    Kademlia,
-    state::DhtError,
-    store::{DhtStore, PublisherQuota},
+    behaviour::Kademlia,
+    error::DhtError,
+    store::{DhtStore, PublisherQuota, RecordValidator},
 };
-
-/// Decides whether a record may be stored or returned: `Ok`, or the reason it may not.
-/// Arguments are the record's key and value.
-pub type RecordValidator = Arc<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
 
 /// Whether the node answers other nodes' Kademlia queries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

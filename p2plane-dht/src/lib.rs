@@ -28,10 +28,12 @@
 
 mod behaviour;
 mod config;
+mod error;
 mod state;
 pub mod store;
 
 pub use behaviour::Kademlia;
-pub use config::{DhtConfig, DhtMode, RecordValidator};
-pub use state::{DhtCommand, DhtError, DhtState, FoundPeer, Quorum};
-pub use store::{DhtStore, MAX_PROVIDER_ADDRS, PublisherQuota, StoreStats};
+pub use config::{DhtConfig, DhtMode};
+pub use error::DhtError;
+pub use state::{DhtCommand, DhtState, FoundPeer, Quorum};
+pub use store::{DhtStore, MAX_PROVIDER_ADDRS, PublisherQuota, RecordValidator, StoreStats};

@@ -11,7 +11,7 @@ use libp2p::{
     },
 };
 
-use crate::config::RecordValidator;
+use crate::{error::DhtError, store::RecordValidator};
 
 /// How many nodes must confirm a put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,41 +35,6 @@ impl From<Quorum> for kad::Quorum {
             Quorum::N(n) => kad::Quorum::N(n),
         }
     }
-}
-
-/// Why a DHT operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DhtError {
-    /// No record (or peer) was found.
-    #[error("not found")]
-    NotFound,
-    /// Fewer nodes than the quorum stored the record.
-    #[error("quorum failed: {success} of {quorum} nodes stored the record")]
-    QuorumFailed {
-        /// Nodes that stored it.
-        success: usize,
-        /// Nodes required.
-        quorum: usize,
-    },
-    /// The query did not finish in time.
-    #[error("the query timed out")]
-    Timeout,
-    /// The validator refused the record.
-    #[error("record rejected: {0}")]
-    Rejected(String),
-    /// The routing table is empty: connect to a peer (or set a bootstrap address) first.
-    #[error("no known peers to ask")]
-    NoKnownPeers,
-    /// The local record store refused the record (full, or the value too large).
-    #[error("record store: {0}")]
-    Store(String),
-    /// The node has shut down.
-    #[error("the node has shut down")]
-    Shutdown,
-    /// The node was started without a DHT (`NodeConfig::dht` is `None`).
-    #[error("the node has no DHT")]
-    Disabled,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, DhtError>>;
@@ -105,7 +70,7 @@ pub enum DhtCommand {
     /// The peers the routing table holds.
     RoutingTablePeers(oneshot::Sender<Vec<PeerId>>),
     /// What the local record store holds.
-    StoreStats(oneshot::Sender<crate::StoreStats>),
+    StoreStats(oneshot::Sender<crate::store::StoreStats>),
 }
 
 impl DhtCommand {
@@ -136,7 +101,7 @@ impl DhtCommand {
                 let _ = r.send(Vec::new());
             }
             DhtCommand::StoreStats(r) => {
-                let _ = r.send(crate::StoreStats::default());
+                let _ = r.send(crate::store::StoreStats::default());
             }
         }
     }

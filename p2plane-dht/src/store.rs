@@ -13,6 +13,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,7 +26,11 @@ use libp2p::{
 };
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use crate::state::DhtError;
+use crate::error::DhtError;
+
+/// Decides whether a record may be stored or returned: `Ok`, or the reason it may not.
+/// Arguments are the record's key and value.
+pub type RecordValidator = Arc<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
 
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
 const PROVIDERS: TableDefinition<'_, (&[u8], &[u8]), &[u8]> = TableDefinition::new("providers");
@@ -175,7 +180,7 @@ pub struct DhtStore {
     /// This node's own provider records: other peers' cannot crowd them out.
     own: MemoryStore,
     quota: PublisherQuota,
-    validator: Option<crate::RecordValidator>,
+    validator: Option<RecordValidator>,
     /// The peer whose message is being handled, set by [`crate::Kademlia`] around each one.
     sender: Option<PeerId>,
     sent: HashMap<PeerId, Usage>,
@@ -315,7 +320,7 @@ impl DhtStore {
 
     /// Checks every record with `validator` before it is stored.
     #[must_use]
-    pub fn with_validator(mut self, validator: Option<crate::RecordValidator>) -> Self {
+    pub fn with_validator(mut self, validator: Option<RecordValidator>) -> Self {
         self.validator = validator;
         self
     }
@@ -783,7 +788,7 @@ mod tests {
     #[test]
     fn the_validator_refuses_before_anything_is_stored() {
         let local = PeerId::random();
-        let validator: crate::RecordValidator = std::sync::Arc::new(|key: &[u8], _: &[u8]| {
+        let validator: RecordValidator = std::sync::Arc::new(|key: &[u8], _: &[u8]| {
             if key.starts_with(b"bad") {
                 Err("bad key".to_owned())
             } else {

@@ -7,7 +7,7 @@ pub use p2plane_dht::{DhtConfig, DhtError, DhtMode, FoundPeer, Quorum, StoreStat
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use crate::event_loop::Command;
+use crate::command::Command;
 
 /// A cheap, cloneable handle to a node's DHT (Kademlia): discovery, records and providers.
 /// From [`Node::dht`](crate::Node::dht).

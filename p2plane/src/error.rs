@@ -45,3 +45,19 @@ pub enum NodeError {
     #[error("the node has shut down")]
     Shutdown,
 }
+
+/// An error's text followed by the texts of its sources: libp2p's dial errors say little
+/// at the top ("Dial error") and the cause below.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}

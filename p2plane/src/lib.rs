@@ -69,6 +69,7 @@
 //! needs.
 
 mod budget;
+mod command;
 mod config;
 mod delayed;
 #[cfg(feature = "dht")]
@@ -81,6 +82,7 @@ pub mod layer;
 #[cfg_attr(not(feature = "metrics"), path = "metrics_off.rs")]
 mod metrics;
 mod node;
+mod node_state;
 mod peer_table;
 #[cfg(feature = "pubsub")]
 pub mod pubsub;

@@ -243,7 +243,27 @@ fn respond<B>(request: &hyper::Request<B>, registry: &Registry) -> hyper::Respon
     response
 }
 
-/// Binds the metrics endpoint.
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Starts the metrics endpoint of a node with `config` on `addr`: registers libp2p's and
+/// P2PLane's metrics, binds, and serves until `shutdown`. Returns libp2p's recorder (for the
+/// event loop), P2PLane's metrics (for the handles), and the address bound.
+pub(crate) async fn start(
+    addr: SocketAddr,
+    config: &crate::NodeConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(libp2p::metrics::Metrics, Arc<Metrics>, SocketAddr), crate::NodeError> {
+    let mut registry = Registry::default();
+    let libp2p = libp2p::metrics::Metrics::new(&mut registry);
+    let own = Arc::new(Metrics::new(&mut registry));
+    let failed =
+        |e: std::io::Error| crate::NodeError::Metrics(format!("cannot listen on {addr}: {e}"));
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    tokio::spawn(serve(
+        listener,
+        Arc::new(registry),
+        Arc::clone(&own),
+        Arc::clone(&config.peer_store),
+        shutdown,
+    ));
+    Ok((libp2p, own, bound))
 }

@@ -1,73 +1,26 @@
 use std::{
-    collections::HashMap,
     marker::PhantomData,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use futures::StreamExt as _;
-use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, identify, ping, swarm::SwarmEvent};
-use p2plane_codec::CborCodec;
-use p2plane_core::{
-    Error, Multiaddr, PeerId, PeerStore, Protocol, Request, is_valid_protocol_name,
-};
-#[cfg(feature = "dht")]
-use p2plane_dht::{DhtConfig, DhtState};
-use p2plane_transport::{build_swarm, identity};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use p2plane_core::{Error, Multiaddr, PeerId, PeerStore, Protocol, Request};
+use tokio::sync::{Semaphore, oneshot};
 use tower::BoxError;
 use tower_service::Service;
 
 use crate::{
-    Client, ConnectedPeers, Identity, NodeConfig, NodeError,
-    delayed::Delayed,
-    event::{Event, Events},
-    event_loop::{Behaviour, Command, EventLoop, error_chain},
-    gate::Gate,
-    peer_table::PeerTable,
-    rpc::server::{self, ServerContext},
-    streams,
+    Client, ConnectedPeers, NodeConfig, NodeError,
+    command::Command,
+    event::Events,
+    event_loop::EventLoop,
+    node_state::NodeState,
+    rpc::{
+        self,
+        server::{self, ServerContext},
+        stream_protocol,
+    },
 };
-
-/// How many commands may queue for the event loop before callers wait.
-const COMMAND_QUEUE: usize = 256;
-/// How many events are buffered for subscribers.
-const EVENT_BUFFER: usize = 1024;
-/// How long `Node::new` waits for its listener to come up.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// The protocol version identify announces.
-const IDENTIFY_PROTOCOL: &str = "/p2plane/0.1.0";
-
-/// What every handle shares. When the last handle is dropped, the command channel closes
-/// and the event loop shuts the node down.
-pub(crate) struct NodeState {
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) control: streams::Control,
-    pub(crate) codec: CborCodec,
-    pub(crate) events: broadcast::Sender<Event>,
-    pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) stopped: watch::Receiver<bool>,
-    pub(crate) local_peer_id: PeerId,
-    pub(crate) config: NodeConfig,
-    pub(crate) peers: Arc<PeerTable>,
-    pub(crate) shared_streams: Arc<crate::rpc::shared_stream::SharedStreams>,
-    /// Addresses heard of but not proved by a connection (DHT lookups, mDNS).
-    #[cfg_attr(not(feature = "dht"), allow(dead_code))]
-    pub(crate) unverified: Arc<crate::unverified::Unverified>,
-    /// The inbound byte budget of every protocol served.
-    pub(crate) budget: Arc<crate::budget::Budget>,
-    /// P2PLane's own metrics, when they are on.
-    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
-}
-
-impl NodeState {
-    pub(crate) fn is_shut_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-}
 
 /// A running P2PLane node, speaking protocol `P` (a [`Message`](crate::Message) or a
 /// [`Protocol`]), and able to take on more protocols.
@@ -126,20 +79,6 @@ impl<P: Protocol> std::fmt::Debug for Node<P> {
     }
 }
 
-/// The libp2p name of protocol `Q`, checked when the program is compiled: a protocol whose
-/// name does not start with `/` fails the build here instead of panicking at run time.
-pub(crate) fn stream_protocol<Q: Protocol>() -> StreamProtocol {
-    struct Check<Q>(PhantomData<Q>);
-    impl<Q: Protocol> Check<Q> {
-        const VALID: () = assert!(
-            is_valid_protocol_name(Q::NAME),
-            "a protocol name must start with '/'"
-        );
-    }
-    let () = Check::<Q>::VALID;
-    StreamProtocol::new(Q::NAME)
-}
-
 impl<P: Protocol> Node<P> {
     /// Starts a node: loads or makes its key, listens on `config.listen_addr` (returning once
     /// the listener is up, so [`Node::listen_addrs`] holds the real port) and dials the
@@ -148,234 +87,8 @@ impl<P: Protocol> Node<P> {
     /// Must be called within a tokio runtime.
     pub async fn new(config: NodeConfig) -> Result<Self, NodeError> {
         stream_protocol::<P>();
-        let keypair = match &config.identity {
-            Identity::Generate => identity::generate(),
-            Identity::KeyFile(path) => identity::load_or_create(path)?,
-            Identity::Keypair(k) => k.clone(),
-        };
-        let local_peer_id = keypair.public().to_peer_id();
-        let streams = streams::Behaviour::new();
-        let control = streams.control();
-        let limits = config.limits.behaviour();
-        let ip_limits = config.limits.ip_behaviour();
-        let shared_streams = Arc::new(crate::rpc::shared_stream::SharedStreams::default());
-        let unverified = Arc::new(crate::unverified::Unverified::default());
-        let gate = Gate::new(
-            Arc::clone(&config.peer_store),
-            config.allowed_peers.clone(),
-            Arc::clone(&unverified),
-        );
-        #[cfg(feature = "dht")]
-        let kad = match &config.dht {
-            Some(dht) => {
-                let store = dht
-                    .open_store(local_peer_id)
-                    .map_err(NodeError::RecordStore)?;
-                Some(dht.behaviour_with_store(local_peer_id, store))
-            }
-            None => None,
-        };
-        #[cfg(not(feature = "dht"))]
-        let kad = None;
-        #[cfg(feature = "mdns")]
-        let mdns = if config.mdns {
-            Some(
-                libp2p::mdns::tokio::Behaviour::new(
-                    libp2p::mdns::Config::default(),
-                    keypair.public().to_peer_id(),
-                )
-                .map_err(|e| NodeError::Mdns(e.to_string()))?,
-            )
-        } else {
-            None
-        };
-        #[cfg(not(feature = "mdns"))]
-        let mdns = None;
-        #[cfg(feature = "pubsub")]
-        let gossipsub = match &config.pubsub {
-            Some(pubsub) => Some(
-                pubsub
-                    .behaviour(&keypair, config.max_message_size)
-                    .map_err(NodeError::Pubsub)?,
-            ),
-            None => None,
-        };
-        #[cfg(not(feature = "pubsub"))]
-        let gossipsub = None;
-        let (ping_interval, ping_timeout, identify_delay) = (
-            config.ping_interval,
-            config.ping_timeout,
-            config.identify_delay,
-        );
-        let mut swarm = build_swarm(keypair, &config.transport, move |key| Behaviour {
-            gate,
-            limits,
-            ip_limits,
-            streams,
-            identify: Delayed::new(
-                identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                        .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                identify_delay,
-            ),
-            ping: Delayed::new(
-                ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(ping_interval)
-                        .with_timeout(ping_timeout),
-                ),
-                identify_delay,
-            ),
-            kad: Toggle::from(kad),
-            gossipsub: Toggle::from(gossipsub),
-            mdns: Toggle::from(mdns),
-        })?;
-
-        let listen_error = |reason: String| NodeError::Listen {
-            addr: config.listen_addr.clone(),
-            reason,
-        };
-        let listener = swarm
-            .listen_on(config.listen_addr.clone())
-            .map_err(|e| listen_error(error_chain(&e)))?;
-        let first_addr = tokio::time::timeout(LISTEN_TIMEOUT, async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::NewListenAddr {
-                        listener_id,
-                        address,
-                    } if listener_id == listener => {
-                        return Ok(address);
-                    }
-                    SwarmEvent::ListenerClosed {
-                        listener_id,
-                        reason,
-                        ..
-                    } if listener_id == listener => {
-                        return Err(listen_error(match reason {
-                            Ok(()) => "listener closed".to_owned(),
-                            Err(e) => error_chain(&e),
-                        }));
-                    }
-                    SwarmEvent::ListenerError { listener_id, error } if listener_id == listener => {
-                        return Err(listen_error(error_chain(&error)));
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .map_err(|_| listen_error("timed out waiting for the listener".to_owned()))??;
-        tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
-
-        // The DHT starts from the peers the store knows to speak it.
-        #[cfg(feature = "dht")]
-        if let (Some(dht), Some(kad)) = (&config.dht, swarm.behaviour_mut().kad.as_mut()) {
-            let name = dht.protocol.as_str();
-            let store = config.peer_store.as_ref();
-            for peer in store.get_peers() {
-                let Some(record) = store.record(&peer) else {
-                    continue;
-                };
-                if record.protocols.iter().any(|p| p == name) {
-                    for (addr, _) in record.addresses {
-                        kad.add_address(&peer, addr);
-                    }
-                }
-            }
-        }
-        // Known peers first: a restarted node does not depend on the bootstrap node.
-        redial_known_peers(
-            &mut swarm,
-            config.peer_store.as_ref(),
-            config.redial_on_start,
-        );
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        if let Some(addr) = &config.bootstrap_addr
-            && let Err(e) = swarm.dial(addr.clone())
-        {
-            let _ = events.send(Event::DialFailed {
-                peer: None,
-                reason: error_chain(&e),
-            });
-        }
-        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        #[cfg(feature = "metrics")]
-        let mut libp2p_metrics = None;
-        #[cfg(feature = "metrics")]
-        let mut metrics = None;
-        #[cfg(not(feature = "metrics"))]
-        let metrics = None;
-        #[cfg(feature = "metrics")]
-        let mut metrics_addr = None;
-        #[cfg(feature = "metrics")]
-        if let Some(addr) = config.metrics_addr {
-            let mut registry = prometheus_client::registry::Registry::default();
-            libp2p_metrics = Some(libp2p::metrics::Metrics::new(&mut registry));
-            let own = Arc::new(crate::metrics::Metrics::new(&mut registry));
-            let listener = crate::metrics::bind(addr)
-                .await
-                .map_err(|e| NodeError::Metrics(format!("cannot listen on {addr}: {e}")))?;
-            metrics_addr = listener.local_addr().ok();
-            tokio::spawn(crate::metrics::serve(
-                listener,
-                Arc::new(registry),
-                Arc::clone(&own),
-                Arc::clone(&config.peer_store),
-                shutdown_rx.clone(),
-            ));
-            metrics = Some(own);
-        }
-        let (stopped_tx, stopped_rx) = watch::channel(false);
-        let peers = Arc::new(PeerTable::default());
-        let event_loop = EventLoop {
-            swarm,
-            commands: commands_rx,
-            events: events.clone(),
-            shutdown: shutdown_tx,
-            stopped: stopped_tx,
-            pending_dials: HashMap::new(),
-            peers: Arc::clone(&peers),
-            shared_streams: Arc::clone(&shared_streams),
-            store: Arc::clone(&config.peer_store),
-            unverified: Arc::clone(&unverified),
-            allow_private_addrs: config.allow_private_addrs,
-            #[cfg(feature = "dht")]
-            dht: DhtState::new(config.dht.as_ref().and_then(|d| d.validator.clone())),
-            #[cfg(feature = "dht")]
-            kad_protocol: config.dht.as_ref().map(DhtConfig::stream_protocol),
-            #[cfg(feature = "pubsub")]
-            pubsub: crate::pubsub::PubsubState::new(config.max_message_size, &commands_tx),
-            #[cfg(feature = "metrics")]
-            metrics: libp2p_metrics,
-        };
-        tokio::spawn(event_loop.run());
-
-        let codec = CborCodec::new(config.max_message_size);
-        let budget = Arc::new(crate::budget::Budget::new(
-            config.max_inbound_bytes,
-            config.max_inbound_bytes_per_peer,
-        ));
         Ok(Self {
-            shared: Arc::new(NodeState {
-                commands: commands_tx,
-                control,
-                codec,
-                events,
-                shutdown: shutdown_rx,
-                stopped: stopped_rx,
-                local_peer_id,
-                config,
-                peers,
-                shared_streams,
-                unverified,
-                budget,
-                metrics,
-                #[cfg(feature = "metrics")]
-                metrics_addr,
-            }),
+            shared: Arc::new(EventLoop::start(config).await?),
             _protocol: PhantomData,
         })
     }
@@ -446,7 +159,7 @@ impl<P: Protocol> Node<P> {
             .accept(protocol, limit)
             .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
         let shared_inbound = control
-            .accept(crate::rpc::shared_protocol(Q::NAME), limit)
+            .accept(rpc::shared_protocol(Q::NAME), limit)
             .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
         let context = Arc::new(ServerContext {
             codec: self.shared.codec,
@@ -639,30 +352,5 @@ impl<P: Protocol> Node<P> {
             .send(command)
             .await
             .map_err(|_| Error::Shutdown)
-    }
-}
-
-/// Dials up to `limit` peers the store knows, most recently successful first, skipping
-/// banned peers and peers without addresses. Their outcomes are recorded as usual.
-fn redial_known_peers(swarm: &mut libp2p::Swarm<Behaviour>, store: &dyn PeerStore, limit: usize) {
-    let now = SystemTime::now();
-    let mut known: Vec<_> = store
-        .get_peers()
-        .into_iter()
-        .filter_map(|peer| store.record(&peer).map(|record| (peer, record)))
-        .filter(|(_, record)| !record.is_banned_at(now) && !record.addresses.is_empty())
-        .collect();
-    // Most recently successful first; never-successful peers last, most recently seen first.
-    known.sort_by_key(|(_, r)| {
-        std::cmp::Reverse((r.last_success, r.addresses.first().map(|(_, seen)| *seen)))
-    });
-    for (peer, record) in known.into_iter().take(limit) {
-        let addrs = record.addresses.into_iter().map(|(a, _)| a).collect();
-        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .build();
-        if let Err(e) = swarm.dial(opts) {
-            tracing::debug!(%peer, error = %error_chain(&e), "redial failed");
-        }
     }
 }

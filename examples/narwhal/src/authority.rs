@@ -10,11 +10,12 @@ use tokio::{
 };
 
 use crate::{
+    batch_store::BatchStore,
     committee::{Committee, Parameters},
     log::Logger,
     primary::{self, Committed, Progress},
     types::{AuthorityIndex, HeaderProtocol},
-    worker::{self, BatchStore},
+    worker,
 };
 
 /// Helper tasks (sends, fetches) one authority runs at once.

@@ -7,7 +7,11 @@ use p2plane::Multiaddr;
 use p2plane::transport::libp2p::identity::{PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{AuthorityIndex, Round};
+/// A DAG round. Round 0 holds the genesis certificates.
+pub type Round = u64;
+
+/// An authority's position in the [`Committee`].
+pub type AuthorityIndex = u32;
 
 /// One member of the committee.
 #[derive(Debug, Clone)]

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod authority;
+mod batch_store;
 pub mod client;
 pub mod committee;
 pub mod consensus;

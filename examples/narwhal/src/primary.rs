@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use crate::{
+    batch_store::{BatchStore, SharedStore},
     committee::{Committee, ConsensusRule, Parameters},
     consensus::Consensus,
     log::Logger,
@@ -26,7 +27,6 @@ use crate::{
         AuthorityIndex, BatchSyncProtocol, Certificate, CertificateProtocol,
         CertificateSyncProtocol, Digest, Header, HeaderProtocol, Round, Vote,
     },
-    worker::{BatchStore, SharedStore},
 };
 
 /// Headers waiting for parents or batches before a vote; beyond, new ones are refused.

@@ -15,11 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::committee::Committee;
 
-/// A DAG round. Round 0 holds the genesis certificates.
-pub type Round = u64;
-
-/// An authority's position in the [`Committee`].
-pub type AuthorityIndex = u32;
+pub use crate::committee::{AuthorityIndex, Round};
 
 /// A 32-byte SHA-256 digest. Displayed in base64, as the reference implementation logs it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]

@@ -2,11 +2,7 @@
 //! its digest to the primary once 2f+1 workers (itself included) hold it. It also stores
 //! the other workers' batches and serves missing ones.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use p2plane::{Error, Node, NodeError, Request, service_fn};
@@ -16,6 +12,7 @@ use tokio::{
 };
 
 use crate::{
+    batch_store::{BatchStore, SharedStore},
     committee::{Committee, Parameters},
     log::Logger,
     net::{Reliable, reliable, send_until_gc},
@@ -26,84 +23,9 @@ use crate::{
     },
 };
 
-/// The most batch bytes a worker stores; beyond, other workers' batches are answered `Busy`
-/// until garbage collection frees room.
-pub(crate) const MAX_STORE_BYTES: usize = 2 << 30;
-/// The most batch bytes in one batch-sync answer.
-pub(crate) const MAX_SYNC_ANSWER_BYTES: usize = 6 << 20;
 /// The most digests one batch-sync request may ask for (one header's payload, what a primary
 /// asks for at most); more is refused outright.
 pub(crate) const MAX_SYNC_DIGESTS: usize = crate::primary::MAX_HEADER_PAYLOAD;
-
-/// Batches by digest, each with the primary's round when it was stored (for garbage
-/// collection).
-#[derive(Default)]
-pub(crate) struct BatchStore {
-    /// Shared, so that an answer can take batches out under the lock without copying them
-    /// there.
-    batches: HashMap<Digest, (Arc<Transactions>, Round)>,
-    bytes: usize,
-}
-
-pub(crate) type SharedStore = Arc<Mutex<BatchStore>>;
-
-impl BatchStore {
-    pub(crate) fn lock(store: &SharedStore) -> std::sync::MutexGuard<'_, BatchStore> {
-        store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Stores a batch; `false` if the store is full.
-    pub(crate) fn insert(&mut self, digest: Digest, batch: Transactions, round: Round) -> bool {
-        if self.batches.contains_key(&digest) {
-            return true;
-        }
-        if self.bytes + batch.0.len() > MAX_STORE_BYTES {
-            return false;
-        }
-        self.bytes += batch.0.len();
-        self.batches.insert(digest, (Arc::new(batch), round));
-        true
-    }
-
-    /// The held batches among `wanted`, in order, up to [`MAX_SYNC_ANSWER_BYTES`] (at least
-    /// one). Only shared handles are taken: the lock is not held while batches are copied.
-    fn held(&self, wanted: &[Digest]) -> Vec<Arc<Transactions>> {
-        let mut bytes = 0;
-        let mut held = Vec::new();
-        for digest in wanted {
-            if let Some((batch, _)) = self.batches.get(digest) {
-                bytes += batch.0.len();
-                if bytes > MAX_SYNC_ANSWER_BYTES && !held.is_empty() {
-                    break;
-                }
-                held.push(Arc::clone(batch));
-            }
-        }
-        held
-    }
-
-    /// The digests of `wanted` not held.
-    pub(crate) fn missing(&self, wanted: &[Digest]) -> Vec<Digest> {
-        wanted
-            .iter()
-            .filter(|d| !self.batches.contains_key(d))
-            .copied()
-            .collect()
-    }
-
-    /// Drops batches stored before round `gc_round`.
-    pub(crate) fn collect_garbage(&mut self, gc_round: Round) {
-        let mut freed = 0;
-        self.batches.retain(|_, (batch, round)| {
-            let keep = *round >= gc_round;
-            if !keep {
-                freed += batch.0.len();
-            }
-            keep
-        });
-        self.bytes -= freed;
-    }
-}
 
 /// What the worker needs from its authority.
 pub(crate) struct WorkerContext {

@@ -12,8 +12,10 @@ use p2plane_codec::{Envelope, FrameBuf, read_frame};
 use p2plane_core::{Codec as _, Error, PeerId, Protocol, Request};
 use tower_service::Service;
 
-use super::{answer_error, instrumented, map_open_error, map_stream_error, request_span};
-use crate::node::{NodeState, stream_protocol};
+use super::{
+    answer_error, instrumented, map_open_error, map_stream_error, request_span, stream_protocol,
+};
+use crate::node_state::NodeState;
 
 /// Sends requests of protocol `P` to peers: a [`tower::Service`] from
 /// [`Request<P::Request>`](Request) to `P::Response`, so tower middleware wraps it.

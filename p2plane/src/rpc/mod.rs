@@ -10,23 +10,37 @@
 //!   batching, how stream failures map to [`Error`]s, and the request span.
 //!
 //! Arrows go one way: `client` → `shared_stream` → this module, and `server` → this module.
-//! (The client and the server read the node's state, `node::NodeState`.)
+//! The client reads the node's state (`node_state::NodeState`); nothing here reads `node`.
 
 pub(crate) mod client;
 pub(crate) mod server;
 pub(crate) mod shared_stream;
 
-use std::io;
+use std::{io, marker::PhantomData};
 
 use libp2p::{StreamProtocol, core::upgrade::NegotiationError};
 use p2plane_codec::{FrameBuf, FrameError};
-use p2plane_core::{CodecError, Error, PeerId};
+use p2plane_core::{CodecError, Error, PeerId, Protocol, is_valid_protocol_name};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::streams::OpenError;
 
 pub use client::Client;
+
+/// The libp2p name of protocol `Q`, checked when the program is compiled: a protocol whose
+/// name does not start with `/` fails the build here instead of panicking at run time.
+pub(crate) fn stream_protocol<Q: Protocol>() -> StreamProtocol {
+    struct Check<Q>(PhantomData<Q>);
+    impl<Q: Protocol> Check<Q> {
+        const VALID: () = assert!(
+            is_valid_protocol_name(Q::NAME),
+            "a protocol name must start with '/'"
+        );
+    }
+    let () = Check::<Q>::VALID;
+    StreamProtocol::new(Q::NAME)
+}
 
 /// Appended to a protocol's name to name its shared-stream form.
 pub(crate) const SUFFIX: &str = "/p2plane-mux/1";

@@ -196,7 +196,7 @@ impl NetworkBehaviour for Behaviour {
                     (_, DialError::DialPeerConditionFalse(_)) | (None, _) => {}
                     (Some(peer), error) => {
                         if !shared.by_peer.contains_key(&peer) {
-                            shared.on_dial_failure(peer, &crate::event_loop::error_chain(error));
+                            shared.on_dial_failure(peer, &crate::error::error_chain(error));
                         }
                     }
                 }
