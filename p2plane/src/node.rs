@@ -221,7 +221,7 @@ impl<P: Protocol> Node<P> {
     /// Closes every connection to `peer` and tells whether there was one. Nothing else
     /// changes: the peer is neither banned nor forgotten, and the next request to it dials
     /// again. Requests in flight on the closed connections fail (they are not sent again).
-    /// [`Event::PeerDisconnected`] follows once the connections are gone.
+    /// [`Event::PeerDisconnected`](crate::Event::PeerDisconnected) follows once the connections are gone.
     ///
     /// ```no_run
     /// # async fn run<P: p2plane::Protocol>(node: p2plane::Node<P>, peer: p2plane::PeerId) -> Result<(), p2plane::Error> {
