@@ -8,6 +8,7 @@
 
 use std::{error::Error, time::Duration};
 
+use clap::{Arg, ArgAction, Command, value_parser};
 use p2plane::{Message, Multiaddr, Node, NodeConfig, PubsubConfig, PubsubError, Topic};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -47,32 +48,54 @@ struct Args {
     peers: Vec<Multiaddr>,
 }
 
-fn args() -> Result<Args, Box<dyn Error>> {
-    let mut parsed = Args {
-        name: "anonymous".into(),
-        listen: "/ip4/127.0.0.1/tcp/0".parse()?,
-        peers: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--name" => parsed.name = value()?,
-            "--listen" => parsed.listen = value()?.parse()?,
-            "--peer" => parsed.peers.push(value()?.parse()?),
-            _ => {
-                return Err(
-                    format!("unknown argument {flag:?}; use --name, --listen, --peer").into(),
-                );
-            }
-        }
+fn args() -> Args {
+    let matches = Command::new("chat")
+        .about("A chat room on P2PLane pub/sub: type a line to send it to everyone in the room")
+        .arg(
+            Arg::new("name")
+                .long("name")
+                .value_name("NAME")
+                .default_value("anonymous")
+                .help("the name your lines are signed with"),
+        )
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .value_name("ADDR")
+                .value_parser(value_parser!(Multiaddr))
+                .default_value("/ip4/127.0.0.1/tcp/0")
+                .help("the address to listen on"),
+        )
+        .arg(
+            Arg::new("peer")
+                .long("peer")
+                .value_name("ADDR")
+                .value_parser(value_parser!(Multiaddr))
+                .action(ArgAction::Append)
+                .help("a peer to join through (repeat for more)"),
+        )
+        .get_matches();
+    Args {
+        name: matches
+            .get_one::<String>("name")
+            .cloned()
+            .unwrap_or_default(),
+        listen: matches
+            .get_one::<Multiaddr>("listen")
+            .cloned()
+            .unwrap_or_else(Multiaddr::empty),
+        peers: matches
+            .get_many::<Multiaddr>("peer")
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
     }
-    Ok(parsed)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let args = args()?;
+    let args = args();
     let config = NodeConfig::listen_on(args.listen)
         .with_private_addrs(true)
         .with_dht(None)

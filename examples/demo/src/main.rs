@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{Arg, Command, value_parser};
 use p2plane::{
     Message, Node, NodeConfig, Request, RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer,
     service_fn,
@@ -41,15 +42,17 @@ impl Message for Chat {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let count: usize = match std::env::args().nth(1) {
-        Some(n) => n
-            .parse()
-            .map_err(|_| format!("expected a number of nodes, got {n:?}"))?,
-        None => 4,
-    };
-    if count < 2 {
-        return Err("the demo needs at least 2 nodes".into());
-    }
+    let matches = Command::new("demo")
+        .about("Starts NODES nodes on loopback that find each other and exchange typed requests")
+        .arg(
+            Arg::new("nodes")
+                .value_name("NODES")
+                .value_parser(value_parser!(u64).range(2..))
+                .default_value("4")
+                .help("how many nodes to start (at least 2)"),
+        )
+        .get_matches();
+    let count = matches.get_one::<u64>("nodes").copied().unwrap_or(4) as usize;
 
     let mut nodes = Vec::new();
     for i in 0..count {

@@ -16,6 +16,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use clap::{Arg, Command, value_parser};
 use futures::StreamExt as _;
 use p2plane::{
     DhtConfig, DhtMode, Event, Message, Multiaddr, Node, NodeConfig, PeerId, Quorum, Request,
@@ -156,23 +157,65 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut flag = |name: &str| -> Result<Option<String>, String> {
-        match args.iter().position(|a| a == name) {
-            Some(i) if i + 1 < args.len() => {
-                let value = args.remove(i + 1);
-                args.remove(i);
-                Ok(Some(value))
-            }
-            Some(_) => Err(format!("{name} needs a value")),
-            None => Ok(None),
-        }
+    let addr = |name: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .value_name("ADDR")
+            .value_parser(value_parser!(Multiaddr))
+            .global(true)
+            .help(help)
     };
-    let peer: Option<Multiaddr> = flag("--peer")?.map(|a| a.parse()).transpose()?;
-    let listen: Multiaddr = flag("--listen")?
-        .unwrap_or_else(|| "/ip4/127.0.0.1/tcp/0".into())
-        .parse()?;
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let key = || {
+        Arg::new("key")
+            .value_name("KEY")
+            .required(true)
+            .help("the key (UTF-8)")
+    };
+    let matches = Command::new("kv-store")
+        .about("A key-value store on P2PLane: storage nodes, DHT records and providers")
+        .subcommand_required(true)
+        .arg(addr(
+            "peer",
+            "a storage node to join through (needed by put)",
+        ))
+        .arg(addr("listen", "the address to listen on").default_value("/ip4/127.0.0.1/tcp/0"))
+        .subcommand(Command::new("serve").about("Run a storage node until Ctrl-C"))
+        .subcommand(
+            Command::new("put")
+                .about("Store KEY = VALUE at the --peer storage node and in the DHT")
+                .arg(key())
+                .arg(
+                    Arg::new("value")
+                        .value_name("VALUE")
+                        .required(true)
+                        .help("the value (UTF-8)"),
+                ),
+        )
+        .subcommand(
+            Command::new("get")
+                .about("Read KEY's DHT record")
+                .arg(key()),
+        )
+        .subcommand(
+            Command::new("providers")
+                .about("Find the storage nodes that provide KEY, and ask each for its value")
+                .arg(key()),
+        )
+        .get_matches();
+    let (command, sub) = matches.subcommand().ok_or("a command is required")?;
+    let peer: Option<Multiaddr> = sub.get_one::<Multiaddr>("peer").cloned();
+    let listen: Multiaddr = sub
+        .get_one::<Multiaddr>("listen")
+        .cloned()
+        .ok_or("--listen is missing")?;
+    let value_of = |name: &str| {
+        let value = sub.try_get_one::<String>(name).ok().flatten();
+        value.map(String::as_str)
+    };
+    let words: Vec<&str> = [Some(command), value_of("key"), value_of("value")]
+        .into_iter()
+        .flatten()
+        .collect();
     match words.as_slice() {
         ["serve"] => serve(join(listen, peer).await?).await,
         ["put", key, value] => {
@@ -213,6 +256,6 @@ async fn run() -> Result<(), Box<dyn Error>> {
             node.shutdown().await;
             Ok(())
         }
-        _ => Err("usage: kv-store serve | put KEY VALUE | get KEY | providers KEY, with --peer ADDR (and --listen ADDR)".into()),
+        _ => Err("see kv-store --help".into()),
     }
 }

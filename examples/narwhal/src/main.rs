@@ -3,11 +3,15 @@
 //! ```sh
 //! cargo run --release -p narwhal                      # 4 nodes, 50,000 tx/s, 20 s
 //! cargo run --release -p narwhal -- --rate 10000 --duration 10 --faults 1
-//! cargo run --release -p narwhal -- help              # every option and subcommand
+//! cargo run --release -p narwhal -- --help            # every option and subcommand
 //! ```
 
+use clap::{
+    Arg, ArgAction, ArgMatches, Command,
+    builder::{IntoResettable, ValueParser},
+    value_parser,
+};
 use std::{
-    collections::HashMap,
     error::Error,
     path::PathBuf,
     sync::{
@@ -27,110 +31,265 @@ use narwhal::{
 use p2plane::{Node, NodeConfig};
 use tokio::time::Instant;
 
-const HELP: &str = "\
-narwhal: a Narwhal/Bullshark committee on P2PLane
-
-USAGE:
-  narwhal [local] [OPTIONS]      run a committee on loopback in this process, with clients,
-                                 and print the reference's figures (the default)
-  narwhal keys --nodes N --base-port P --dir DIR
-                                 write N key files and DIR/committee.json (127.0.0.1:P+i)
-  narwhal node --committee FILE --key FILE [--logs DIR] [PARAMETERS]
-                                 run one authority of a committee file until Ctrl-C
-  narwhal client --committee FILE --target I [--rate R] [--tx-size B] [--duration S] [--log FILE]
-                                 send transactions to authority I's worker
-  narwhal summarize --logs DIR   compute the figures from a run's logs
-
-OPTIONS (local):
-  --nodes N            committee size (default 4)
-  --faults F           authorities never started, the last F (default 0)
-  --rate R             input rate in tx/s, all clients together (default 50000)
-  --tx-size B          transaction size in bytes (default 512)
-  --duration S         seconds of load (default 20)
-  --logs DIR           where logs go (default target/narwhal-logs)
-  --json               also print the figures as JSON
-
-PARAMETERS (as the reference names them; defaults = its README's local benchmark):
-  --header-size B (1000)  --max-header-delay MS (100)  --gc-depth R (50)
-  --sync-retry-delay MS (10000)  --sync-retry-nodes N (3)
-  --batch-size B (500000)  --max-batch-delay MS (100)  --consensus bullshark|tusk
-";
-
-struct Args {
-    command: String,
-    values: HashMap<String, String>,
-    flags: Vec<String>,
+/// The command line: `local` (the default, also with no subcommand), `keys`, `node`,
+/// `client` and `summarize`; `narwhal help [COMMAND]` or `--help` describes each option.
+fn cli() -> Command {
+    let local = || {
+        [
+            opt("nodes", "N", "committee size", "4", value_parser!(usize)),
+            opt(
+                "faults",
+                "F",
+                "authorities never started (the last F)",
+                "0",
+                value_parser!(usize),
+            ),
+            opt(
+                "rate",
+                "R",
+                "input rate in tx/s, all clients together",
+                "50000",
+                value_parser!(u64),
+            ),
+            opt(
+                "tx-size",
+                "B",
+                "transaction size in bytes",
+                "512",
+                value_parser!(usize),
+            ),
+            opt("duration", "S", "seconds of load", "20", value_parser!(u64)),
+            opt(
+                "logs",
+                "DIR",
+                "where logs go",
+                "target/narwhal-logs",
+                value_parser!(PathBuf),
+            ),
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("also print the figures as JSON"),
+        ]
+    };
+    Command::new("narwhal")
+        .about("A Narwhal/Bullshark committee on P2PLane, measured as the reference measures it")
+        .args_conflicts_with_subcommands(true)
+        .args(local())
+        .args(parameters())
+        .subcommand(
+            Command::new("local")
+                .about(
+                    "Run a committee on loopback in this process, with clients, and print the \
+                     reference's figures (the default)",
+                )
+                .args(local())
+                .args(parameters()),
+        )
+        .subcommand(
+            Command::new("keys")
+                .about("Write N key files and DIR/committee.json (127.0.0.1, ports P, P+1, ...)")
+                .arg(opt(
+                    "nodes",
+                    "N",
+                    "committee size",
+                    "4",
+                    value_parser!(usize),
+                ))
+                .arg(opt(
+                    "base-port",
+                    "P",
+                    "the first authority's port",
+                    "7100",
+                    value_parser!(u16),
+                ))
+                .arg(required(
+                    "dir",
+                    "DIR",
+                    "where the keys and the committee file go",
+                )),
+        )
+        .subcommand(
+            Command::new("node")
+                .about("Run one authority of a committee file until Ctrl-C")
+                .arg(required("committee", "FILE", "the committee file"))
+                .arg(required("key", "FILE", "this authority's key file"))
+                .arg(
+                    Arg::new("logs")
+                        .long("logs")
+                        .value_name("DIR")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("write the reference's logs here"),
+                )
+                .args(parameters()),
+        )
+        .subcommand(
+            Command::new("client")
+                .about("Send transactions to authority I's worker")
+                .arg(required("committee", "FILE", "the committee file"))
+                .arg(
+                    Arg::new("target")
+                        .long("target")
+                        .value_name("I")
+                        .required(true)
+                        .value_parser(value_parser!(usize))
+                        .help("the authority's index in the committee"),
+                )
+                .arg(opt(
+                    "rate",
+                    "R",
+                    "input rate in tx/s",
+                    "12500",
+                    value_parser!(u64),
+                ))
+                .arg(opt(
+                    "tx-size",
+                    "B",
+                    "transaction size in bytes",
+                    "512",
+                    value_parser!(usize),
+                ))
+                .arg(opt(
+                    "duration",
+                    "S",
+                    "seconds of load",
+                    "20",
+                    value_parser!(u64),
+                ))
+                .arg(
+                    Arg::new("log")
+                        .long("log")
+                        .value_name("FILE")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("write the client's log here (the reference's format)"),
+                ),
+        )
+        .subcommand(
+            Command::new("summarize")
+                .about("Compute the figures from a run's logs")
+                .arg(required("logs", "DIR", "the run's log directory")),
+        )
 }
 
+/// The protocol's parameters, as the reference names them; the defaults are its README's
+/// local benchmark.
+fn parameters() -> [Arg; 8] {
+    [
+        opt(
+            "header-size",
+            "B",
+            "header size that triggers a new header",
+            "1000",
+            value_parser!(usize),
+        ),
+        opt(
+            "max-header-delay",
+            "MS",
+            "longest wait for a full header",
+            "100",
+            value_parser!(u64),
+        ),
+        opt(
+            "gc-depth",
+            "R",
+            "rounds kept behind the last commit",
+            "50",
+            value_parser!(u64),
+        ),
+        opt(
+            "sync-retry-delay",
+            "MS",
+            "wait before asking again for missing parents",
+            "10000",
+            value_parser!(u64),
+        ),
+        opt(
+            "sync-retry-nodes",
+            "N",
+            "authorities asked on a retry",
+            "3",
+            value_parser!(usize),
+        ),
+        opt(
+            "batch-size",
+            "B",
+            "batch size that seals a batch",
+            "500000",
+            value_parser!(usize),
+        ),
+        opt(
+            "max-batch-delay",
+            "MS",
+            "longest wait for a full batch",
+            "100",
+            value_parser!(u64),
+        ),
+        Arg::new("consensus")
+            .long("consensus")
+            .value_name("RULE")
+            .value_parser(["bullshark", "tusk"])
+            .default_value("bullshark")
+            .help("the commit rule"),
+    ]
+}
+
+/// An option `--name VALUE` with a default.
+fn opt(
+    name: &'static str,
+    value: &'static str,
+    help: &'static str,
+    default: &'static str,
+    parser: impl IntoResettable<ValueParser>,
+) -> Arg {
+    Arg::new(name)
+        .long(name)
+        .value_name(value)
+        .value_parser(parser)
+        .default_value(default)
+        .help(help)
+}
+
+/// An option `--name VALUE` that must be given.
+fn required(name: &'static str, value: &'static str, help: &'static str) -> Arg {
+    Arg::new(name)
+        .long(name)
+        .value_name(value)
+        .required(true)
+        .value_parser(value_parser!(PathBuf))
+        .help(help)
+}
+
+/// Reads the values clap parsed and checked.
+struct Args(ArgMatches);
+
 impl Args {
-    fn parse() -> Result<Self, String> {
-        let mut args = std::env::args().skip(1).peekable();
-        let command = match args.peek() {
-            Some(a) if !a.starts_with("--") => args.next().unwrap_or_default(),
-            _ => "local".to_owned(),
-        };
-        let mut values = HashMap::new();
-        let mut flags = Vec::new();
-        while let Some(arg) = args.next() {
-            let Some(name) = arg.strip_prefix("--") else {
-                return Err(format!("unexpected argument {arg:?} (see `narwhal help`)"));
-            };
-            if name == "json" {
-                flags.push(name.to_owned());
-                continue;
-            }
-            let value = args
-                .next()
-                .ok_or_else(|| format!("--{name} needs a value"))?;
-            values.insert(name.to_owned(), value);
-        }
-        Ok(Self {
-            command,
-            values,
-            flags,
-        })
+    /// The value of option `name` (clap has checked its type and supplied its default).
+    fn get<T: Clone + Send + Sync + 'static>(&self, name: &str) -> Result<T, String> {
+        self.0
+            .get_one::<T>(name)
+            .cloned()
+            .ok_or_else(|| format!("--{name} is missing"))
     }
 
-    fn get<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T, String> {
-        match self.values.remove(name) {
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name}: cannot read {v:?}")),
-            None => Ok(default),
-        }
+    fn optional<T: Clone + Send + Sync + 'static>(&self, name: &str) -> Option<T> {
+        self.0.get_one::<T>(name).cloned()
     }
 
-    fn required(&mut self, name: &str) -> Result<String, String> {
-        self.values
-            .remove(name)
-            .ok_or_else(|| format!("--{name} is required (see `narwhal help`)"))
-    }
-
-    fn params(&mut self) -> Result<Parameters, String> {
-        let d = Parameters::default();
+    fn params(&self) -> Result<Parameters, String> {
         let ms = |v: u64| Duration::from_millis(v);
-        let consensus = match self.get("consensus", "bullshark".to_owned())?.as_str() {
-            "bullshark" => ConsensusRule::Bullshark,
-            "tusk" => ConsensusRule::Tusk,
-            other => return Err(format!("--consensus: bullshark or tusk, not {other:?}")),
-        };
         Ok(Parameters {
-            header_size: self.get("header-size", d.header_size)?,
-            max_header_delay: ms(self.get("max-header-delay", 100)?),
-            gc_depth: self.get("gc-depth", d.gc_depth)?,
-            sync_retry_delay: ms(self.get("sync-retry-delay", 10_000)?),
-            sync_retry_nodes: self.get("sync-retry-nodes", d.sync_retry_nodes)?,
-            batch_size: self.get("batch-size", d.batch_size)?,
-            max_batch_delay: ms(self.get("max-batch-delay", 100)?),
-            consensus,
+            header_size: self.get("header-size")?,
+            max_header_delay: ms(self.get("max-header-delay")?),
+            gc_depth: self.get("gc-depth")?,
+            sync_retry_delay: ms(self.get("sync-retry-delay")?),
+            sync_retry_nodes: self.get("sync-retry-nodes")?,
+            batch_size: self.get("batch-size")?,
+            max_batch_delay: ms(self.get("max-batch-delay")?),
+            consensus: match self.get::<String>("consensus")?.as_str() {
+                "tusk" => ConsensusRule::Tusk,
+                _ => ConsensusRule::Bullshark,
+            },
         })
-    }
-
-    fn finish(self) -> Result<(), String> {
-        match self.values.keys().next() {
-            Some(name) => Err(format!("unknown option --{name} (see `narwhal help`)")),
-            None => Ok(()),
-        }
     }
 }
 
@@ -143,23 +302,18 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {
-    let mut args = Args::parse()?;
-    match args.command.as_str() {
-        "local" => local(args).await,
-        "keys" => keys(args),
-        "node" => node(args).await,
-        "client" => run_client(args).await,
-        "summarize" => {
-            let dir = PathBuf::from(args.required("logs")?);
-            args.finish()?;
+    let matches = cli().get_matches();
+    match matches.subcommand() {
+        Some(("local", m)) => local(Args(m.clone())).await,
+        Some(("keys", m)) => keys(Args(m.clone())),
+        Some(("node", m)) => node(Args(m.clone())).await,
+        Some(("client", m)) => run_client(Args(m.clone())).await,
+        Some(("summarize", m)) => {
+            let dir: PathBuf = Args(m.clone()).get("logs")?;
             println!("{}", summarize(&Logs::read_dir(&dir)?)?);
             Ok(())
         }
-        "help" | "--help" | "-h" => {
-            print!("{HELP}");
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?} (see `narwhal help`)").into()),
+        _ => local(Args(matches)).await,
     }
 }
 
@@ -173,16 +327,15 @@ fn client_node_config() -> NodeConfig {
     }
 }
 
-async fn local(mut args: Args) -> Result<(), Box<dyn Error>> {
-    let nodes: usize = args.get("nodes", 4)?;
-    let faults: usize = args.get("faults", 0)?;
-    let rate: u64 = args.get("rate", 50_000)?;
-    let tx_size: usize = args.get("tx-size", 512)?;
-    let duration = Duration::from_secs(args.get("duration", 20)?);
-    let logs = PathBuf::from(args.get("logs", "target/narwhal-logs".to_owned())?);
-    let json = args.flags.iter().any(|f| f == "json");
+async fn local(args: Args) -> Result<(), Box<dyn Error>> {
+    let nodes: usize = args.get("nodes")?;
+    let faults: usize = args.get("faults")?;
+    let rate: u64 = args.get("rate")?;
+    let tx_size: usize = args.get("tx-size")?;
+    let duration = Duration::from_secs(args.get("duration")?);
+    let logs: PathBuf = args.get("logs")?;
+    let json = args.0.get_flag("json");
     let params = args.params()?;
-    args.finish()?;
     if nodes == 0 || faults >= nodes || 3 * faults >= nodes {
         return Err(format!("{nodes} nodes cannot tolerate {faults} faults (n >= 3f+1)").into());
     }
@@ -284,11 +437,10 @@ async fn local(mut args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn keys(mut args: Args) -> Result<(), Box<dyn Error>> {
-    let nodes: usize = args.get("nodes", 4)?;
-    let base_port: u16 = args.get("base-port", 7100)?;
-    let dir = PathBuf::from(args.required("dir")?);
-    args.finish()?;
+fn keys(args: Args) -> Result<(), Box<dyn Error>> {
+    let nodes: usize = args.get("nodes")?;
+    let base_port: u16 = args.get("base-port")?;
+    let dir: PathBuf = args.get("dir")?;
     std::fs::create_dir_all(&dir)?;
     let mut members = Vec::new();
     for i in 0..nodes {
@@ -308,14 +460,11 @@ fn keys(mut args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-async fn node(mut args: Args) -> Result<(), Box<dyn Error>> {
-    let committee = Arc::new(Committee::load(&PathBuf::from(
-        args.required("committee")?,
-    ))?);
-    let keypair = p2plane::transport::identity::load(args.required("key")?)?;
-    let log_dir = args.values.remove("logs").map(PathBuf::from);
+async fn node(args: Args) -> Result<(), Box<dyn Error>> {
+    let committee = Arc::new(Committee::load(&args.get::<PathBuf>("committee")?)?);
+    let keypair = p2plane::transport::identity::load(args.get::<PathBuf>("key")?)?;
+    let log_dir: Option<PathBuf> = args.optional("logs");
     let params = args.params()?;
-    args.finish()?;
     let me = committee
         .index_of(&keypair.public().to_peer_id())
         .ok_or("this key is not in the committee")?;
@@ -362,17 +511,13 @@ async fn node(mut args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-async fn run_client(mut args: Args) -> Result<(), Box<dyn Error>> {
-    let committee = Committee::load(&PathBuf::from(args.required("committee")?))?;
-    let target: usize = args
-        .required("target")?
-        .parse()
-        .map_err(|_| "--target: an authority index")?;
-    let rate: u64 = args.get("rate", 12_500)?;
-    let tx_size: usize = args.get("tx-size", 512)?;
-    let duration = Duration::from_secs(args.get("duration", 20)?);
-    let log_path = args.values.remove("log").map(PathBuf::from);
-    args.finish()?;
+async fn run_client(args: Args) -> Result<(), Box<dyn Error>> {
+    let committee = Committee::load(&args.get::<PathBuf>("committee")?)?;
+    let target: usize = args.get("target")?;
+    let rate: u64 = args.get("rate")?;
+    let tx_size: usize = args.get("tx-size")?;
+    let duration = Duration::from_secs(args.get("duration")?);
+    let log_path: Option<PathBuf> = args.optional("log");
     let authority = committee
         .authorities()
         .get(target)
