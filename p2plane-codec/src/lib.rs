@@ -31,6 +31,7 @@
 mod cbor;
 mod envelope;
 mod frame;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 
 pub use cbor::{CborCodec, DEFAULT_MAX_MESSAGE_SIZE};

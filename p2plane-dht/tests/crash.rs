@@ -3,12 +3,9 @@
 //! succeeds, nothing reported durable (by `flush`) is lost, and what survives is a prefix of
 //! what was written (no torn transaction).
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
+
+use crashkit::{FAILPOINT_SKIPS, Reporter, Writer, crash_at};
 
 use libp2p::{
     PeerId,
@@ -40,42 +37,26 @@ fn value(i: u64) -> Vec<u8> {
 }
 
 /// The child: puts records, flushing every 10 and reporting each flush, until killed or a
-/// failpoint (set by `FAILPOINTS`) fires; a panic aborts the process, as a crash would.
+/// failpoint (set by `FAILPOINTS`) fires.
 #[test]
 #[ignore = "the writer half of this file's crash tests"]
 fn record_writer_child() {
+    let mut report = Reporter::start();
     let path = std::env::var(STORE_ENV).expect("run by a crash test");
-    std::panic::set_hook(Box::new(|_| std::process::abort()));
-    let _scenario = fail::FailScenario::setup();
     let mut store = open(Path::new(&path));
     let start = (0..).find(|&i| store.get(&key(i)).is_none()).unwrap();
-    let mut out = std::io::stdout().lock();
     for i in start..start + 100_000 {
         store.put(Record::new(key(i), value(i))).expect("put");
         if i % 10 == 9 {
             store.flush().expect("flush");
-            writeln!(out, "durable {i}").unwrap();
-            out.flush().unwrap();
+            report.durable(i);
         }
     }
 }
 
-fn spawn_child(path: &Path, failpoints: Option<String>) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "record_writer_child",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(STORE_ENV, path)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    if let Some(f) = failpoints {
-        cmd.env("FAILPOINTS", f);
-    }
-    cmd.spawn().unwrap()
+fn spawn_child(path: &Path, failpoints: Option<String>) -> Writer {
+    let env = [(STORE_ENV, path.display().to_string())];
+    Writer::spawn("record_writer_child", &env, failpoints)
 }
 
 /// Reopens the store and returns how many records survive, checking they are a prefix.
@@ -101,28 +82,12 @@ fn sigkill_at_random_moments_loses_nothing_reported_durable() {
     let mut durable = 0u64;
     let mut kills_after_writes = 0;
     for round in 0..30u64 {
-        let mut child = spawn_child(&path, None);
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1024);
-        let reader = std::thread::spawn(move || {
-            let mut last = None;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("durable ") {
-                    let n = n.parse::<u64>().unwrap();
-                    last = Some(n);
-                    let _ = tx.try_send(n);
-                }
-            }
-            last
-        });
+        let child = spawn_child(&path, None);
         if round % 5 != 0 {
-            rx.recv_timeout(Duration::from_secs(20))
-                .expect("the child reports a flush");
+            child.first_flush(Duration::from_secs(20));
         }
         std::thread::sleep(Duration::from_millis(round * 7 % 23));
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
-        if let Some(last) = reader.join().unwrap() {
+        if let Some(last) = child.kill() {
             durable = durable.max(last + 1);
             kills_after_writes += 1;
         }
@@ -148,21 +113,10 @@ fn crashes_between_commit_steps_lose_nothing_reported_durable() {
         "dht::commit::inserted",
         "dht::commit::after",
     ] {
-        for skip in [0, 2, 9] {
+        for skip in FAILPOINT_SKIPS {
             let path = dir.path().join(format!("{case}.redb"));
-            let mut child = spawn_child(&path, Some(format!("{point}={skip}*off->panic")));
-            let durable = BufReader::new(child.stdout.take().unwrap())
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| {
-                    l.strip_prefix("durable ")
-                        .map(|n| n.parse::<u64>().unwrap())
-                })
-                .last();
-            assert!(
-                !child.wait().unwrap().success(),
-                "{point}: the child crashed"
-            );
+            let (status, durable) = spawn_child(&path, Some(crash_at(point, skip))).wait_crash();
+            assert!(!status.success(), "{point}: the child crashed");
             let what = format!("{point} at commit {}", skip + 1);
             let prefix = surviving_prefix(&path, &what);
             if let Some(last) = durable {

@@ -6,7 +6,7 @@
 //! | [`MemoryPeerStore`] | memory | the default |
 //! | [`RedbPeerStore`] | one redb file (or redb's in-memory backend) | nodes that restart without the bootstrap node |
 //!
-//! `RedbPeerStore` needs the `redb` feature (default). Both pass the [`conformance`] suite, which a third-party [`PeerStore`] should pass too.
+//! `RedbPeerStore` needs the `redb` feature (default). Both pass the `conformance` suite (feature `conformance`), which a third-party [`PeerStore`] should pass too.
 //!
 //! ```
 //! use p2plane_core::{PeerId, PeerStore};
@@ -19,6 +19,7 @@
 //! ```
 
 mod book;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod memory;
 #[cfg(feature = "redb")]

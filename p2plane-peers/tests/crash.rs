@@ -4,13 +4,9 @@
 //! store reports it), loses nothing it had reported durable; the file always reopens, and
 //! what survives is a prefix of what was written (no torn transaction).
 
-use std::{
-    collections::BTreeSet,
-    io::{BufRead as _, BufReader, Write as _},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use crashkit::{FAILPOINT_SKIPS, Reporter, Writer, crash_at};
 
 use p2plane_core::{Multiaddr, PeerId, PeerStore};
 use p2plane_peers::{RedbConfig, RedbPeerStore};
@@ -44,48 +40,33 @@ fn addr(i: u64) -> Multiaddr {
 }
 
 /// The child: writes peers from `START` on, flushing every 10 and reporting each flush,
-/// until killed or a failpoint (set by `FAILPOINTS`) fires; a panic aborts the process, as
-/// a crash would.
+/// until killed or a failpoint (set by `FAILPOINTS`) fires.
 #[test]
 #[ignore = "the writer half of this file's crash tests, which run it"]
 fn crash_writer_child() {
+    let mut report = Reporter::start();
     let path = std::env::var(STORE_ENV).expect("run by the crash test");
-    std::panic::set_hook(Box::new(|_| std::process::abort()));
-    let _scenario = fail::FailScenario::setup();
     let start: u64 = std::env::var(START_ENV)
         .expect("start")
         .parse()
         .expect("number");
     let store = RedbPeerStore::open_with(path, config()).expect("the store opens in the child");
-    let mut out = std::io::stdout().lock();
     for i in start..start + 1_000_000 {
         store.add_peer_with_addr(peer(i), addr(i));
         if i % 10 == 9 {
             store.flush().expect("flush");
-            writeln!(out, "durable {i}").unwrap();
-            out.flush().unwrap();
+            report.durable(i);
         }
     }
 }
 
 /// Starts the writer child on the store at `path`, writing from peer `start` on.
-fn writer(path: &Path, start: u64, failpoints: Option<String>) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "crash_writer_child",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(STORE_ENV, path)
-    .env(START_ENV, start.to_string())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    if let Some(f) = failpoints {
-        cmd.env("FAILPOINTS", f);
-    }
-    cmd.spawn().unwrap()
+fn writer(path: &Path, start: u64, failpoints: Option<String>) -> Writer {
+    let env = [
+        (STORE_ENV, path.display().to_string()),
+        (START_ENV, start.to_string()),
+    ];
+    Writer::spawn("crash_writer_child", &env, failpoints)
 }
 
 #[test]
@@ -96,32 +77,16 @@ fn sigkill_at_random_moments_loses_nothing_reported_durable() {
     let mut next = 0u64;
     let mut kills_after_writes = 0;
     for round in 0..50 {
-        let mut child = writer(&path, next, None);
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1024);
-        let reader = std::thread::spawn(move || {
-            let mut last = None;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("durable ") {
-                    let n = n.parse::<u64>().unwrap();
-                    last = Some(n);
-                    let _ = tx.try_send(n);
-                }
-            }
-            last
-        });
+        let child = writer(&path, next, None);
         if round % 5 == 0 {
             // Kill while the child starts and opens the store.
             std::thread::sleep(Duration::from_millis(rand::random_range(0..5)));
         } else {
             // Kill while it writes: once it has reported a first flush, after a random delay.
-            rx.recv_timeout(Duration::from_secs(20))
-                .expect("the child reports a flush");
+            child.first_flush(Duration::from_secs(20));
             std::thread::sleep(Duration::from_millis(rand::random_range(0..30)));
         }
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
-        let reported = reader.join().unwrap();
+        let reported = child.kill();
         if let Some(last) = reported {
             durable.extend(next..=last);
             next = last + 1;
@@ -154,18 +119,9 @@ fn crashes_between_commit_steps_lose_nothing_reported_durable() {
         "peers::commit::inserted",
         "peers::commit::after",
     ] {
-        for skip in [0, 2, 9] {
+        for skip in FAILPOINT_SKIPS {
             let path = dir.path().join(format!("{cases}.redb"));
-            let mut child = writer(&path, 0, Some(format!("{point}={skip}*off->panic")));
-            let durable = BufReader::new(child.stdout.take().unwrap())
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| {
-                    l.strip_prefix("durable ")
-                        .map(|n| n.parse::<u64>().unwrap())
-                })
-                .last();
-            let status = child.wait().unwrap();
+            let (status, durable) = writer(&path, 0, Some(crash_at(point, skip))).wait_crash();
             assert!(!status.success(), "{point} after {skip}: the child crashed");
 
             let store = RedbPeerStore::open_with(&path, config())
