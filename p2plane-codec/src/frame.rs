@@ -28,6 +28,9 @@ pub struct FrameBuf {
     start: usize,
 }
 
+/// The largest id: 63 bits, the most a 9-byte unsigned varint holds.
+const MAX_ID: u64 = u64::MAX >> 1;
+
 /// Room kept before the payload for the length prefix and, in multiplexed frames, the id.
 const HEAD: usize = 2 * MAX_VARINT_LEN;
 
@@ -66,24 +69,45 @@ impl FrameBuf {
         Ok(frame)
     }
 
-    /// Turns the frame into the multiplexed form carrying `id` (or changes its id).
+    /// Turns the frame into the multiplexed form carrying `id` (or changes its id). An id
+    /// is 63 bits, the most a 9-byte unsigned varint holds: the top bit of `id` is dropped.
     pub fn set_id(&mut self, id: u64) {
         self.write_head(Some(id));
     }
 
     fn write_head(&mut self, id: Option<u64>) {
-        let mut id_bytes = [0u8; MAX_VARINT_LEN];
-        let id_len = id.map_or(0, |id| encode_varint(id, &mut id_bytes));
-        let mut len_bytes = [0u8; MAX_VARINT_LEN];
-        let len_len = encode_varint((self.buf.len() - HEAD + id_len) as u64, &mut len_bytes);
-        self.start = HEAD - id_len - len_len;
-        self.buf[self.start..self.start + len_len].copy_from_slice(&len_bytes[..len_len]);
-        self.buf[self.start + len_len..HEAD].copy_from_slice(&id_bytes[..id_len]);
+        let head = self.head(id);
+        self.start = HEAD - head.len as usize;
+        self.buf[self.start..HEAD].copy_from_slice(head.as_bytes());
     }
 
     /// The frame's bytes: prefix (and id) and payload.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
+    }
+
+    /// The frame's payload, without its length prefix or id.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[HEAD..]
+    }
+
+    /// The head of this frame's shared form with `id` (length prefix and id): written
+    /// before [`FrameBuf::payload`], it gives the bytes `set_id(id)` then `as_bytes()` would,
+    /// without changing the frame, so one frame can be sent under many ids without a copy.
+    ///
+    /// ```
+    /// use p2plane_codec::{CborCodec, FrameBuf};
+    ///
+    /// let frame = FrameBuf::encode(&CborCodec::default(), &"hello")?;
+    /// let mut with_id = frame.clone();
+    /// with_id.set_id(7);
+    /// let mut bytes = frame.head_with_id(7).as_bytes().to_vec();
+    /// bytes.extend_from_slice(frame.payload());
+    /// assert_eq!(bytes, with_id.as_bytes());
+    /// # Ok::<(), p2plane_codec::CodecError>(())
+    /// ```
+    pub fn head_with_id(&self, id: u64) -> FrameHead {
+        self.head(Some(id))
     }
 
     /// The frame's whole length.
@@ -94,6 +118,39 @@ impl FrameBuf {
     /// Whether the frame is empty (it never is: the prefix is at least one byte).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The length prefix of the payload (with `id`, if any), followed by the id.
+    fn head(&self, id: Option<u64>) -> FrameHead {
+        let mut id_bytes = [0u8; MAX_VARINT_LEN];
+        let id_len = id.map_or(0, |id| encode_varint(id & MAX_ID, &mut id_bytes));
+        let mut head = FrameHead {
+            bytes: [0; HEAD],
+            len: 0,
+        };
+        let len_len = encode_varint(
+            (self.buf.len() - HEAD + id_len) as u64,
+            (&mut head.bytes[..MAX_VARINT_LEN])
+                .try_into()
+                .expect("HEAD holds a varint"),
+        );
+        head.bytes[len_len..len_len + id_len].copy_from_slice(&id_bytes[..id_len]);
+        head.len = (len_len + id_len) as u8;
+        head
+    }
+}
+
+/// A frame's length prefix and id, from [`FrameBuf::head_with_id`].
+#[derive(Debug, Clone, Copy)]
+pub struct FrameHead {
+    bytes: [u8; HEAD],
+    len: u8,
+}
+
+impl FrameHead {
+    /// The head's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
     }
 }
 
@@ -339,6 +396,20 @@ mod tests {
     use super::*;
     use crate::CborCodec;
     use futures::executor::block_on;
+
+    #[test]
+    fn a_head_with_an_id_and_the_payload_are_the_frame_with_that_id() {
+        for payload_len in [0, 1, 126, 127, 128, 16_383, 16_384, 70_000] {
+            let frame = FrameBuf::encode_raw(&vec![7u8; payload_len]);
+            for id in [0, 1, 127, 128, 300, 1 << 40, u64::MAX] {
+                let mut with_id = frame.clone();
+                with_id.set_id(id);
+                let mut bytes = frame.head_with_id(id).as_bytes().to_vec();
+                bytes.extend_from_slice(frame.payload());
+                assert_eq!(bytes, with_id.as_bytes(), "payload {payload_len}, id {id}");
+            }
+        }
+    }
 
     fn read(bytes: &[u8], limit: usize) -> Result<Vec<u8>, FrameError> {
         let mut r = bytes;

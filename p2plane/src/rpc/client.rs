@@ -12,6 +12,7 @@ use p2plane_codec::{Envelope, FrameBuf, read_frame};
 use p2plane_core::{Codec as _, Error, PeerId, Protocol, Request};
 use tower_service::Service;
 
+use super::shared_stream::Route;
 use super::{
     answer_error, instrumented, map_open_error, map_stream_error, request_span, stream_protocol,
 };
@@ -128,7 +129,8 @@ async fn call<P: Protocol>(
         return Err(Error::Shutdown);
     }
     // Encode first: a request that is too large fails here, before anything is sent.
-    let frame = FrameBuf::encode(&shared.codec, request.body())?;
+    // Shared, not copied, with a shared stream's writer (the frame may be sent again).
+    let frame = Arc::new(FrameBuf::encode(&shared.codec, request.body())?);
     let mut shutdown = shared.shutdown.clone();
     let result = tokio::select! {
         result = tokio::time::timeout(shared.config.request_timeout, exchange::<P>(&shared, &protocols, peer, &frame)) => {
@@ -147,7 +149,7 @@ async fn exchange<P: Protocol>(
     shared: &NodeState,
     protocols: &Protocols,
     peer: PeerId,
-    frame: &FrameBuf,
+    frame: &Arc<FrameBuf>,
 ) -> Result<P::Response, Error> {
     #[cfg(feature = "dht")]
     if needs_lookup(shared, peer) {
@@ -158,12 +160,14 @@ async fn exchange<P: Protocol>(
     let shared_stream = shared.config.use_shared_streams
         && shared.shared_streams.speaks_shared(peer, &protocols.shared);
     let bytes = if shared_stream {
-        let idle = shared.config.transport.idle_connection_timeout;
-        match shared
-            .shared_streams
-            .call(&shared.control, peer, &protocols.shared, frame, limit, idle)
-            .await
-        {
+        let route = Route {
+            control: &shared.control,
+            peer,
+            protocol: &protocols.shared,
+            limit,
+            idle: shared.config.transport.idle_connection_timeout,
+        };
+        match shared.shared_streams.call(&route, frame).await {
             // A peer without the shared form: a stream per request from now on.
             Err(Error::UnsupportedProtocol { .. }) => {
                 shared

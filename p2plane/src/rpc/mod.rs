@@ -19,7 +19,7 @@ pub(crate) mod shared_stream;
 use std::{io, marker::PhantomData};
 
 use libp2p::{StreamProtocol, core::upgrade::NegotiationError};
-use p2plane_codec::{FrameBuf, FrameError};
+use p2plane_codec::FrameError;
 use p2plane_core::{CodecError, Error, PeerId, Protocol, is_valid_protocol_name};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -53,13 +53,8 @@ pub(crate) const BATCH: usize = 64 * 1024;
 
 /// A frame queued for a shared stream, with whatever must live until it is written.
 pub(crate) trait Outgoing {
-    fn frame(&self) -> &FrameBuf;
-}
-
-impl Outgoing for FrameBuf {
-    fn frame(&self) -> &FrameBuf {
-        self
-    }
+    /// Appends its bytes to `batch`.
+    fn put(&self, batch: &mut Vec<u8>);
 }
 
 /// Puts `first` and whatever else is already queued (up to [`BATCH`] bytes) into `batch`,
@@ -72,12 +67,12 @@ pub(crate) fn gather<T: Outgoing>(
     held: &mut Vec<T>,
 ) {
     batch.clear();
-    batch.extend_from_slice(first.frame().as_bytes());
+    first.put(batch);
     held.push(first);
     while batch.len() < BATCH {
         match queue.try_recv() {
             Ok(item) => {
-                batch.extend_from_slice(item.frame().as_bytes());
+                item.put(batch);
                 held.push(item);
             }
             Err(_) => break,

@@ -416,117 +416,40 @@ async fn send(
     }
 }
 
+/// One peer's shared stream, as its reader and its request jobs see it.
+struct SharedPeer {
+    ctx: Arc<ServerContext>,
+    peer: PeerId,
+    /// The peer's share of the inbound budget.
+    budget: Arc<Semaphore>,
+    /// Answers on their way out, each with the budget it holds until written.
+    answers: mpsc::Sender<(FrameBuf, Option<Charge>)>,
+}
+
+impl SharedPeer {
+    /// Queues an answer without a charge; `false` once the writer is gone.
+    async fn answer(&self, id: u64, mut frame: FrameBuf) -> bool {
+        frame.set_id(id);
+        self.answers.send((frame, None)).await.is_ok()
+    }
+}
+
 async fn serve_shared<P: Protocol, H: Handler<P>>(
     ctx: Arc<ServerContext>,
     peer: PeerId,
     stream: Stream,
     handler: H,
 ) {
-    let peer_budget = ctx.budget.peer(peer);
     let (reader, mut writer) = stream.split();
-    let mut reader = futures::io::BufReader::with_capacity(crate::rpc::READ_BUFFER, reader);
-    // Answers on their way out, each with the budget it holds until written.
+    let reader = futures::io::BufReader::with_capacity(crate::rpc::READ_BUFFER, reader);
     let (answers, mut outgoing) = mpsc::channel::<(FrameBuf, Option<Charge>)>(1024);
-    let read = {
-        let ctx = Arc::clone(&ctx);
-        let peer_budget = Arc::clone(&peer_budget);
-        async move {
-            let limit = ctx.codec.max_message_size();
-            let mut inline = Inline::default();
-            loop {
-                // Between frames the stream may idle, up to `shared_idle`: then it is closed,
-                // cleanly (every request read gets its answer first). Once a frame has
-                // begun, the rest of it, head and body, is due within the read deadline.
-                match tokio::time::timeout(ctx.shared_idle, reader.fill_buf()).await {
-                    Err(_) => return ctx.count::<P>("idle_closed"),
-                    // The peer closed its side: a normal end.
-                    Ok(Ok([])) => return,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return report::<P>(&ctx, peer, InboundError::Io(e.to_string())),
-                }
-                let deadline = tokio::time::Instant::now() + ctx.read_timeout;
-                let head =
-                    match tokio::time::timeout_at(deadline, read_shared_head(&mut reader)).await {
-                        Ok(Ok(head)) => head,
-                        Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
-                        // Anything else breaks the framing: nothing more can be answered.
-                        Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
-                    };
-                let id = head.id;
-                let too_large = head.body_len > limit as u64;
-                let charge = if too_large {
-                    None
-                } else {
-                    ctx.budget.try_charge(&peer_budget, head.body_len as usize)
-                };
-                let Some(charge) = charge else {
-                    // Too large for us, or over budget: refused at once, without holding
-                    // the body; the body is then skipped (within the same deadline) and the
-                    // stream goes on.
-                    let (error, envelope) = if too_large {
-                        let error = InboundError::Frame(CodecError::TooLarge {
-                            limit,
-                            len: head.len,
-                        });
-                        let text = error.to_string();
-                        (error, Envelope::<()>::Rejected(text))
-                    } else {
-                        (InboundError::OverBudget { len: head.len }, Envelope::Busy)
-                    };
-                    report::<P>(&ctx, peer, error);
-                    let mut reply = encode(&ctx.codec, &envelope);
-                    reply.set_id(id);
-                    if answers.send((reply, None)).await.is_err() {
-                        return;
-                    }
-                    match tokio::time::timeout_at(deadline, head.skip_body(&mut reader)).await {
-                        Ok(Ok(())) => continue,
-                        Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
-                        Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
-                    }
-                };
-                let body =
-                    match tokio::time::timeout_at(deadline, head.read_body(&mut reader)).await {
-                        Ok(Ok(body)) => body,
-                        Err(_) => return report::<P>(&ctx, peer, InboundError::Timeout),
-                        Ok(Err(e)) => return report::<P>(&ctx, peer, frame_error(e)),
-                    };
-                let mut reply = match ctx.codec.decode::<P::Request>(&body) {
-                    Err(e) => {
-                        let error = InboundError::Decode(e);
-                        let rejected =
-                            encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
-                        report::<P>(&ctx, peer, error);
-                        rejected
-                    }
-                    Ok(body) => match Arc::clone(&ctx.workers).try_acquire_owned() {
-                        Ok(permit) => {
-                            let job = answer_shared::<P, H>(
-                                Arc::clone(&ctx),
-                                peer,
-                                id,
-                                body,
-                                handler.clone(),
-                                (permit, charge),
-                                Arc::clone(&peer_budget),
-                                answers.clone(),
-                            );
-                            inline.run_or_spawn(job);
-                            continue;
-                        }
-                        Err(_) => {
-                            ctx.count::<P>("busy");
-                            encode(&ctx.codec, &Envelope::<()>::Busy)
-                        }
-                    },
-                };
-                reply.set_id(id);
-                if answers.send((reply, None)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
+    let shared = Arc::new(SharedPeer {
+        budget: ctx.budget.peer(peer),
+        ctx: Arc::clone(&ctx),
+        peer,
+        answers,
+    });
+    let read = read_shared::<P, H>(shared, reader, handler);
     let write = async move {
         let mut batch = Vec::with_capacity(crate::rpc::BATCH);
         // The answers in the batch, with their charges, until it is written.
@@ -556,40 +479,144 @@ async fn serve_shared<P: Protocol, H: Handler<P>>(
     }
 }
 
+/// Reads a shared stream's requests and starts each (see [`Inline`]), until the peer closes
+/// its side, the stream idles out, or its framing breaks.
+async fn read_shared<P: Protocol, H: Handler<P>>(
+    shared: Arc<SharedPeer>,
+    mut reader: futures::io::BufReader<futures::io::ReadHalf<Stream>>,
+    handler: H,
+) {
+    let (ctx, peer) = (&shared.ctx, shared.peer);
+    let limit = ctx.codec.max_message_size();
+    let mut inline = Inline::default();
+    loop {
+        // Between frames the stream may idle, up to `shared_idle`: then it is closed,
+        // cleanly (every request read gets its answer first). Once a frame has begun, the
+        // rest of it, head and body, is due within the read deadline.
+        match tokio::time::timeout(ctx.shared_idle, reader.fill_buf()).await {
+            Err(_) => return ctx.count::<P>("idle_closed"),
+            // The peer closed its side: a normal end.
+            Ok(Ok([])) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return report::<P>(ctx, peer, InboundError::Io(e.to_string())),
+        }
+        let deadline = tokio::time::Instant::now() + ctx.read_timeout;
+        let head = match tokio::time::timeout_at(deadline, read_shared_head(&mut reader)).await {
+            Ok(Ok(head)) => head,
+            Err(_) => return report::<P>(ctx, peer, InboundError::Timeout),
+            // Anything else breaks the framing: nothing more can be answered.
+            Ok(Err(e)) => return report::<P>(ctx, peer, frame_error(e)),
+        };
+        let id = head.id;
+        let too_large = head.body_len > limit as u64;
+        let charge = if too_large {
+            None
+        } else {
+            ctx.budget
+                .try_charge(&shared.budget, head.body_len as usize)
+        };
+        let Some(charge) = charge else {
+            // Too large for us, or over budget: refused at once, without holding the body;
+            // the body is then skipped (within the same deadline) and the stream goes on.
+            let refusal = refuse_frame::<P>(ctx, peer, too_large, head.len);
+            if !shared.answer(id, refusal).await {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, head.skip_body(&mut reader)).await {
+                Ok(Ok(())) => continue,
+                Err(_) => return report::<P>(ctx, peer, InboundError::Timeout),
+                Ok(Err(e)) => return report::<P>(ctx, peer, frame_error(e)),
+            }
+        };
+        let body = match tokio::time::timeout_at(deadline, head.read_body(&mut reader)).await {
+            Ok(Ok(body)) => body,
+            Err(_) => return report::<P>(ctx, peer, InboundError::Timeout),
+            Ok(Err(e)) => return report::<P>(ctx, peer, frame_error(e)),
+        };
+        let body = match ctx.codec.decode::<P::Request>(&body) {
+            Ok(body) => body,
+            Err(e) => {
+                let error = InboundError::Decode(e);
+                let rejected = encode(&ctx.codec, &Envelope::<()>::Rejected(error.to_string()));
+                report::<P>(ctx, peer, error);
+                if !shared.answer(id, rejected).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&ctx.workers).try_acquire_owned() else {
+            ctx.count::<P>("busy");
+            if !shared
+                .answer(id, encode(&ctx.codec, &Envelope::<()>::Busy))
+                .await
+            {
+                return;
+            }
+            continue;
+        };
+        let job = answer_shared::<P, H>(
+            Arc::clone(&shared),
+            id,
+            body,
+            handler.clone(),
+            (permit, charge),
+        );
+        inline.run_or_spawn(job);
+    }
+}
+
+/// The answer to a frame refused before its body is read: `Rejected` if it is over the
+/// size limit, `Busy` if it is over the budget.
+fn refuse_frame<P: Protocol>(
+    ctx: &ServerContext,
+    peer: PeerId,
+    too_large: bool,
+    len: u64,
+) -> FrameBuf {
+    let limit = ctx.codec.max_message_size();
+    let (error, envelope) = if too_large {
+        let error = InboundError::Frame(CodecError::TooLarge { limit, len });
+        let text = error.to_string();
+        (error, Envelope::<()>::Rejected(text))
+    } else {
+        (InboundError::OverBudget { len }, Envelope::Busy)
+    };
+    report::<P>(ctx, peer, error);
+    encode(&ctx.codec, &envelope)
+}
+
 /// Runs one request of a shared stream: the handler under the worker permit, then its
 /// answer queued for the writer under the request's budget.
-#[allow(clippy::too_many_arguments)]
 async fn answer_shared<P: Protocol, H: Handler<P>>(
-    ctx: Arc<ServerContext>,
-    peer: PeerId,
+    shared: Arc<SharedPeer>,
     id: u64,
     body: P::Request,
     handler: H,
     (permit, mut charge): (tokio::sync::OwnedSemaphorePermit, Charge),
-    peer_budget: Arc<Semaphore>,
-    answers: mpsc::Sender<(FrameBuf, Option<Charge>)>,
 ) {
-    let mut frame = answer::<P, H>(&ctx, peer, Some(id), body, handler).await;
+    let ctx = &shared.ctx;
+    let peer = shared.peer;
+    let mut frame = answer::<P, H>(ctx, peer, Some(id), body, handler).await;
     drop(permit);
     frame.set_id(id);
     let len = frame.len();
     if ctx
         .budget
-        .grow(&peer_budget, &mut charge, len, ctx.write_timeout)
+        .grow(&shared.budget, &mut charge, len, ctx.write_timeout)
         .await
     {
-        let _ = answers.send((frame, Some(charge))).await;
+        let _ = shared.answers.send((frame, Some(charge))).await;
     } else {
         // Every request read is answered (a clean close of the stream promises that the
         // requests left unanswered were not read): a short failure in place of the answer.
-        report::<P>(&ctx, peer, InboundError::OverBudget { len: len as u64 });
+        report::<P>(ctx, peer, InboundError::OverBudget { len: len as u64 });
         drop(charge);
-        let mut failed = encode(
+        let failed = encode(
             &ctx.codec,
             &Envelope::<()>::Failed("the answer did not fit the inbound budget".to_owned()),
         );
-        failed.set_id(id);
-        let _ = answers.send((failed, None)).await;
+        shared.answer(id, failed).await;
     }
 }
 
@@ -628,7 +655,7 @@ impl Inline {
 }
 
 impl crate::rpc::Outgoing for (FrameBuf, Option<Charge>) {
-    fn frame(&self) -> &FrameBuf {
-        &self.0
+    fn put(&self, batch: &mut Vec<u8>) {
+        batch.extend_from_slice(self.0.as_bytes());
     }
 }

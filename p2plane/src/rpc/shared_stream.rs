@@ -25,7 +25,7 @@ use p2plane_codec::{FrameBuf, FrameError, SharedFrame, read_shared_frame};
 use p2plane_core::{CodecError, Error};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{BATCH, READ_BUFFER, answer_error, gather, map_stream_error};
+use super::{BATCH, Outgoing, READ_BUFFER, answer_error, gather, map_stream_error};
 use crate::streams;
 
 /// Frames up to this size share the small-message stream; larger ones the bulk stream.
@@ -41,9 +41,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A request queued for a shared stream: the caller's frame, shared rather than copied (the
+/// caller keeps it to send again on a new stream, or on a stream of its own), and its id,
+/// written in a head of its own before the payload.
+struct Queued {
+    id: u64,
+    frame: Arc<FrameBuf>,
+}
+
+impl Outgoing for Queued {
+    fn put(&self, batch: &mut Vec<u8>) {
+        batch.extend_from_slice(self.frame.head_with_id(self.id).as_bytes());
+        batch.extend_from_slice(self.frame.payload());
+    }
+}
+
+/// Where a call goes, and the limits of the stream that carries it.
+pub(crate) struct Route<'a> {
+    pub(crate) control: &'a streams::Control,
+    pub(crate) peer: PeerId,
+    pub(crate) protocol: &'a StreamProtocol,
+    /// The largest response accepted.
+    pub(crate) limit: usize,
+    /// A stream with nothing in flight for this long is closed.
+    pub(crate) idle: Duration,
+}
+
+/// What a drive task needs of its stream: a [`Route`] it owns.
+struct Link {
+    control: streams::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    limit: usize,
+    idle: Duration,
+}
+
 /// One shared stream to a peer for a protocol, driven by a task of its own.
 struct Channel {
-    frames: mpsc::Sender<FrameBuf>,
+    frames: mpsc::Sender<Queued>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
     slots: Semaphore,
@@ -100,17 +135,13 @@ impl SharedStreams {
         lock(&self.channels).retain(|(p, _, _), _| p != peer);
     }
 
-    fn channel(
-        &self,
-        frame_len: usize,
-        control: &streams::Control,
-        peer: PeerId,
-        protocol: &StreamProtocol,
-        limit: usize,
-        idle: Duration,
-    ) -> Arc<Channel> {
+    fn channel(&self, route: &Route<'_>, frame_len: usize) -> Arc<Channel> {
         let mut channels = lock(&self.channels);
-        let key = (peer, protocol.clone(), frame_len > MAX_SMALL_FRAME);
+        let key = (
+            route.peer,
+            route.protocol.clone(),
+            frame_len > MAX_SMALL_FRAME,
+        );
         if let Some(channel) = channels.get(&key).filter(|c| c.alive()) {
             return Arc::clone(channel);
         }
@@ -123,21 +154,25 @@ impl SharedStreams {
             slots: Semaphore::new(MAX_IN_FLIGHT),
             ended: Arc::default(),
         });
+        let link = Link {
+            control: route.control.clone(),
+            peer: route.peer,
+            protocol: route.protocol.clone(),
+            limit: route.limit,
+            idle: route.idle,
+        };
         tokio::spawn(drive(
-            control.clone(),
-            peer,
-            protocol.clone(),
+            link,
             rx,
             Arc::clone(&channel.pending),
             Arc::clone(&channel.ended),
-            limit,
-            idle,
         ));
         channels.insert(key, Arc::clone(&channel));
         channel
     }
 
-    /// Sends `frame` on the shared stream to `peer` and returns the response payload.
+    /// Sends `request` on the shared stream to the route's peer and returns the response
+    /// payload.
     ///
     /// A stream that ended without reading this call's request (idle on our side as the
     /// call took it, or closed cleanly by the server: a server closes only between requests,
@@ -146,17 +181,14 @@ impl SharedStreams {
     /// leaves the call [`Error::Busy`]: it did not act on the request.
     pub(crate) async fn call(
         &self,
-        control: &streams::Control,
-        peer: PeerId,
-        protocol: &StreamProtocol,
-        request: &FrameBuf,
-        limit: usize,
-        idle: Duration,
+        route: &Route<'_>,
+        request: &Arc<FrameBuf>,
     ) -> Result<Vec<u8>, Error> {
+        let peer = route.peer;
         for _ in 0..2 {
             // Small and large frames use separate shared streams, so a large body never
             // holds up small ones.
-            let channel = self.channel(request.len(), control, peer, protocol, limit, idle);
+            let channel = self.channel(route, request.len());
             let _slot = channel
                 .slots
                 .acquire()
@@ -167,8 +199,10 @@ impl SharedStreams {
             if !span.is_disabled() {
                 span.record("id", id);
             }
-            let mut frame = request.clone();
-            frame.set_id(id);
+            let frame = Queued {
+                id,
+                frame: Arc::clone(request),
+            };
             let (tx, rx) = oneshot::channel();
             {
                 // The drive task decides to idle out under this lock, so a call either is
@@ -252,17 +286,19 @@ async fn read_responses<R: futures::AsyncRead + Unpin>(
 /// idle for `idle` with nothing in flight, or when the server closes it; every caller still
 /// waiting gets the error, or, when the server closed the stream cleanly (so it read none
 /// of their requests), is told to go on a new stream.
-#[allow(clippy::too_many_arguments)]
 async fn drive(
-    control: streams::Control,
-    peer: PeerId,
-    protocol: StreamProtocol,
-    mut frames: mpsc::Receiver<FrameBuf>,
+    link: Link,
+    mut frames: mpsc::Receiver<Queued>,
     pending: Arc<Pending>,
     ended: Arc<Ended>,
-    limit: usize,
-    idle: Duration,
 ) {
+    let Link {
+        control,
+        peer,
+        protocol,
+        limit,
+        idle,
+    } = link;
     let outcome: Result<Option<Closed>, Error> = async {
         let stream = control
             .open(peer, protocol.clone())
@@ -287,10 +323,15 @@ async fn drive(
                         continue;
                     }
                 };
-                if first.len() >= BATCH {
+                if first.frame.payload().len() >= BATCH {
                     // A large body goes out as it is, without a copy into the batch.
+                    let head = first.frame.head_with_id(first.id);
                     writer
-                        .write_all(first.as_bytes())
+                        .write_all(head.as_bytes())
+                        .await
+                        .map_err(stream_error)?;
+                    writer
+                        .write_all(first.frame.payload())
                         .await
                         .map_err(stream_error)?;
                     writer.flush().await.map_err(stream_error)?;
