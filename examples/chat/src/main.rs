@@ -8,7 +8,7 @@
 
 use std::{error::Error, time::Duration};
 
-use clap::{Arg, ArgAction, Command, value_parser};
+use clap::Parser;
 use p2plane::{Message, Multiaddr, Node, NodeConfig, PubsubConfig, PubsubError, Topic};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -42,60 +42,24 @@ impl Topic for Room {
     type Message = Line;
 }
 
+/// A chat room on P2PLane pub/sub: type a line to send it to everyone in the room.
+#[derive(Parser)]
+#[command(name = "chat")]
 struct Args {
+    /// The name your lines are signed with.
+    #[arg(long, value_name = "NAME", default_value = "anonymous")]
     name: String,
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "/ip4/127.0.0.1/tcp/0")]
     listen: Multiaddr,
+    /// A peer to join through (repeat for more).
+    #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<Multiaddr>,
-}
-
-fn args() -> Args {
-    let matches = Command::new("chat")
-        .about("A chat room on P2PLane pub/sub: type a line to send it to everyone in the room")
-        .arg(
-            Arg::new("name")
-                .long("name")
-                .value_name("NAME")
-                .default_value("anonymous")
-                .help("the name your lines are signed with"),
-        )
-        .arg(
-            Arg::new("listen")
-                .long("listen")
-                .value_name("ADDR")
-                .value_parser(value_parser!(Multiaddr))
-                .default_value("/ip4/127.0.0.1/tcp/0")
-                .help("the address to listen on"),
-        )
-        .arg(
-            Arg::new("peer")
-                .long("peer")
-                .value_name("ADDR")
-                .value_parser(value_parser!(Multiaddr))
-                .action(ArgAction::Append)
-                .help("a peer to join through (repeat for more)"),
-        )
-        .get_matches();
-    Args {
-        name: matches
-            .get_one::<String>("name")
-            .cloned()
-            .unwrap_or_default(),
-        listen: matches
-            .get_one::<Multiaddr>("listen")
-            .cloned()
-            .unwrap_or_else(Multiaddr::empty),
-        peers: matches
-            .get_many::<Multiaddr>("peer")
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect(),
-    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let args = args();
+    let args = Args::parse();
     let config = NodeConfig::listen_on(args.listen)
         .with_private_addrs(true)
         .with_dht(None)

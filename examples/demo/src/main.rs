@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{Arg, Command, value_parser};
+use clap::Parser;
 use p2plane::{
     Message, Node, NodeConfig, Request, RetryLayer, RetryPolicy, TimeoutLayer, ValidateLayer,
     service_fn,
@@ -40,19 +40,18 @@ impl Message for Chat {
     }
 }
 
+/// Starts NODES nodes on loopback that find each other and exchange typed requests.
+#[derive(Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// How many nodes to start (at least 2).
+    #[arg(value_name = "NODES", default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..))]
+    nodes: u64,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let matches = Command::new("demo")
-        .about("Starts NODES nodes on loopback that find each other and exchange typed requests")
-        .arg(
-            Arg::new("nodes")
-                .value_name("NODES")
-                .value_parser(value_parser!(u64).range(2..))
-                .default_value("4")
-                .help("how many nodes to start (at least 2)"),
-        )
-        .get_matches();
-    let count = matches.get_one::<u64>("nodes").copied().unwrap_or(4) as usize;
+    let count = Args::parse().nodes as usize;
 
     let mut nodes = Vec::new();
     for i in 0..count {

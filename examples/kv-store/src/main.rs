@@ -16,7 +16,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use clap::{Arg, Command, value_parser};
+use clap::{Parser, Subcommand};
 use futures::StreamExt as _;
 use p2plane::{
     DhtConfig, DhtMode, Event, Message, Multiaddr, Node, NodeConfig, PeerId, Quorum, Request,
@@ -148,6 +148,49 @@ async fn ask(node: &Node<Kv>, peer: PeerId, request: Kv) -> Result<Kv, Box<dyn E
     Ok(node.client().request(peer, request).await?)
 }
 
+/// A key-value store on P2PLane: storage nodes, DHT records and providers.
+#[derive(Parser)]
+#[command(name = "kv-store")]
+struct Cli {
+    /// A storage node to join through (needed by put).
+    #[arg(long, global = true, value_name = "ADDR")]
+    peer: Option<Multiaddr>,
+    /// The address to listen on.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        default_value = "/ip4/127.0.0.1/tcp/0"
+    )]
+    listen: Multiaddr,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// What to do.
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a storage node until Ctrl-C.
+    Serve,
+    /// Store KEY = VALUE at the --peer storage node and in the DHT.
+    Put {
+        /// The key (UTF-8).
+        key: String,
+        /// The value (UTF-8).
+        value: String,
+    },
+    /// Read KEY's DHT record.
+    Get {
+        /// The key (UTF-8).
+        key: String,
+    },
+    /// Find the storage nodes that provide KEY, and ask each for its value.
+    Providers {
+        /// The key (UTF-8).
+        key: String,
+    },
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -157,68 +200,14 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {
-    let addr = |name: &'static str, help: &'static str| {
-        Arg::new(name)
-            .long(name)
-            .value_name("ADDR")
-            .value_parser(value_parser!(Multiaddr))
-            .global(true)
-            .help(help)
-    };
-    let key = || {
-        Arg::new("key")
-            .value_name("KEY")
-            .required(true)
-            .help("the key (UTF-8)")
-    };
-    let matches = Command::new("kv-store")
-        .about("A key-value store on P2PLane: storage nodes, DHT records and providers")
-        .subcommand_required(true)
-        .arg(addr(
-            "peer",
-            "a storage node to join through (needed by put)",
-        ))
-        .arg(addr("listen", "the address to listen on").default_value("/ip4/127.0.0.1/tcp/0"))
-        .subcommand(Command::new("serve").about("Run a storage node until Ctrl-C"))
-        .subcommand(
-            Command::new("put")
-                .about("Store KEY = VALUE at the --peer storage node and in the DHT")
-                .arg(key())
-                .arg(
-                    Arg::new("value")
-                        .value_name("VALUE")
-                        .required(true)
-                        .help("the value (UTF-8)"),
-                ),
-        )
-        .subcommand(
-            Command::new("get")
-                .about("Read KEY's DHT record")
-                .arg(key()),
-        )
-        .subcommand(
-            Command::new("providers")
-                .about("Find the storage nodes that provide KEY, and ask each for its value")
-                .arg(key()),
-        )
-        .get_matches();
-    let (command, sub) = matches.subcommand().ok_or("a command is required")?;
-    let peer: Option<Multiaddr> = sub.get_one::<Multiaddr>("peer").cloned();
-    let listen: Multiaddr = sub
-        .get_one::<Multiaddr>("listen")
-        .cloned()
-        .ok_or("--listen is missing")?;
-    let value_of = |name: &str| {
-        let value = sub.try_get_one::<String>(name).ok().flatten();
-        value.map(String::as_str)
-    };
-    let words: Vec<&str> = [Some(command), value_of("key"), value_of("value")]
-        .into_iter()
-        .flatten()
-        .collect();
-    match words.as_slice() {
-        ["serve"] => serve(join(listen, peer).await?).await,
-        ["put", key, value] => {
+    let Cli {
+        peer,
+        listen,
+        command,
+    } = Cli::parse();
+    match command {
+        Cmd::Serve => serve(join(listen, peer).await?).await,
+        Cmd::Put { key, value } => {
             let addr = peer.clone().ok_or("put needs --peer (a storage node)")?;
             let node = join(listen, peer).await?;
             let storage = node.dial(addr).await?;
@@ -233,14 +222,14 @@ async fn run() -> Result<(), Box<dyn Error>> {
             node.shutdown().await;
             Ok(())
         }
-        ["get", key] => {
+        Cmd::Get { key } => {
             let node = join(listen, peer).await?;
             let value = node.dht().get_record(key.as_bytes().to_vec()).await?;
             println!("{}", text(&value));
             node.shutdown().await;
             Ok(())
         }
-        ["providers", key] => {
+        Cmd::Providers { key } => {
             let node = join(listen, peer).await?;
             let key = key.as_bytes().to_vec();
             let providers = node.dht().providers(key.clone()).await?;
@@ -256,6 +245,5 @@ async fn run() -> Result<(), Box<dyn Error>> {
             node.shutdown().await;
             Ok(())
         }
-        _ => Err("see kv-store --help".into()),
     }
 }

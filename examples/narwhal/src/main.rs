@@ -6,11 +6,7 @@
 //! cargo run --release -p narwhal -- --help            # every option and subcommand
 //! ```
 
-use clap::{
-    Arg, ArgAction, ArgMatches, Command,
-    builder::{IntoResettable, ValueParser},
-    value_parser,
-};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::{
     error::Error,
     path::PathBuf,
@@ -31,265 +27,174 @@ use narwhal::{
 use p2plane::{Node, NodeConfig};
 use tokio::time::Instant;
 
-/// The command line: `local` (the default, also with no subcommand), `keys`, `node`,
-/// `client` and `summarize`; `narwhal help [COMMAND]` or `--help` describes each option.
-fn cli() -> Command {
-    let local = || {
-        [
-            opt("nodes", "N", "committee size", "4", value_parser!(usize)),
-            opt(
-                "faults",
-                "F",
-                "authorities never started (the last F)",
-                "0",
-                value_parser!(usize),
-            ),
-            opt(
-                "rate",
-                "R",
-                "input rate in tx/s, all clients together",
-                "50000",
-                value_parser!(u64),
-            ),
-            opt(
-                "tx-size",
-                "B",
-                "transaction size in bytes",
-                "512",
-                value_parser!(usize),
-            ),
-            opt("duration", "S", "seconds of load", "20", value_parser!(u64)),
-            opt(
-                "logs",
-                "DIR",
-                "where logs go",
-                "target/narwhal-logs",
-                value_parser!(PathBuf),
-            ),
-            Arg::new("json")
-                .long("json")
-                .action(ArgAction::SetTrue)
-                .help("also print the figures as JSON"),
-        ]
-    };
-    Command::new("narwhal")
-        .about("A Narwhal/Bullshark committee on P2PLane, measured as the reference measures it")
-        .args_conflicts_with_subcommands(true)
-        .args(local())
-        .args(parameters())
-        .subcommand(
-            Command::new("local")
-                .about(
-                    "Run a committee on loopback in this process, with clients, and print the \
-                     reference's figures (the default)",
-                )
-                .args(local())
-                .args(parameters()),
-        )
-        .subcommand(
-            Command::new("keys")
-                .about("Write N key files and DIR/committee.json (127.0.0.1, ports P, P+1, ...)")
-                .arg(opt(
-                    "nodes",
-                    "N",
-                    "committee size",
-                    "4",
-                    value_parser!(usize),
-                ))
-                .arg(opt(
-                    "base-port",
-                    "P",
-                    "the first authority's port",
-                    "7100",
-                    value_parser!(u16),
-                ))
-                .arg(required(
-                    "dir",
-                    "DIR",
-                    "where the keys and the committee file go",
-                )),
-        )
-        .subcommand(
-            Command::new("node")
-                .about("Run one authority of a committee file until Ctrl-C")
-                .arg(required("committee", "FILE", "the committee file"))
-                .arg(required("key", "FILE", "this authority's key file"))
-                .arg(
-                    Arg::new("logs")
-                        .long("logs")
-                        .value_name("DIR")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("write the reference's logs here"),
-                )
-                .args(parameters()),
-        )
-        .subcommand(
-            Command::new("client")
-                .about("Send transactions to authority I's worker")
-                .arg(required("committee", "FILE", "the committee file"))
-                .arg(
-                    Arg::new("target")
-                        .long("target")
-                        .value_name("I")
-                        .required(true)
-                        .value_parser(value_parser!(usize))
-                        .help("the authority's index in the committee"),
-                )
-                .arg(opt(
-                    "rate",
-                    "R",
-                    "input rate in tx/s",
-                    "12500",
-                    value_parser!(u64),
-                ))
-                .arg(opt(
-                    "tx-size",
-                    "B",
-                    "transaction size in bytes",
-                    "512",
-                    value_parser!(usize),
-                ))
-                .arg(opt(
-                    "duration",
-                    "S",
-                    "seconds of load",
-                    "20",
-                    value_parser!(u64),
-                ))
-                .arg(
-                    Arg::new("log")
-                        .long("log")
-                        .value_name("FILE")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("write the client's log here (the reference's format)"),
-                ),
-        )
-        .subcommand(
-            Command::new("summarize")
-                .about("Compute the figures from a run's logs")
-                .arg(required("logs", "DIR", "the run's log directory")),
-        )
+/// A Narwhal/Bullshark committee on P2PLane, measured as the reference measures it.
+///
+/// With no subcommand it runs `local`; `narwhal help [COMMAND]` describes each option.
+#[derive(Parser)]
+#[command(name = "narwhal", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    local: LocalArgs,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a committee on loopback in this process, with clients, and print the reference's
+    /// figures (the default).
+    Local(LocalArgs),
+    /// Write N key files and DIR/committee.json (127.0.0.1, ports P, P+1, ...).
+    Keys(KeysArgs),
+    /// Run one authority of a committee file until Ctrl-C.
+    Node(NodeArgs),
+    /// Send transactions to authority I's worker.
+    Client(ClientArgs),
+    /// Compute the figures from a run's logs.
+    Summarize {
+        /// The run's log directory.
+        #[arg(long, value_name = "DIR")]
+        logs: PathBuf,
+    },
+}
+
+/// `local`: a whole committee and its clients in this process.
+#[derive(clap::Args)]
+struct LocalArgs {
+    /// Committee size.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    nodes: usize,
+    /// Authorities never started (the last F).
+    #[arg(long, value_name = "F", default_value_t = 0)]
+    faults: usize,
+    /// Input rate in tx/s, all clients together.
+    #[arg(long, value_name = "R", default_value_t = 50_000)]
+    rate: u64,
+    /// Transaction size in bytes.
+    #[arg(long, value_name = "B", default_value_t = 512)]
+    tx_size: usize,
+    /// Seconds of load.
+    #[arg(long, value_name = "S", default_value_t = 20)]
+    duration: u64,
+    /// Where logs go.
+    #[arg(long, value_name = "DIR", default_value = "target/narwhal-logs")]
+    logs: PathBuf,
+    /// Also print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    params: ParamArgs,
+}
+
+/// `keys`: a committee's key files.
+#[derive(clap::Args)]
+struct KeysArgs {
+    /// Committee size.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    nodes: usize,
+    /// The first authority's port.
+    #[arg(long, value_name = "P", default_value_t = 7100)]
+    base_port: u16,
+    /// Where the keys and the committee file go.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+}
+
+/// `node`: one authority.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The committee file.
+    #[arg(long, value_name = "FILE")]
+    committee: PathBuf,
+    /// This authority's key file.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Write the reference's logs here.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<PathBuf>,
+    #[command(flatten)]
+    params: ParamArgs,
+}
+
+/// `client`: load for one worker.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The committee file.
+    #[arg(long, value_name = "FILE")]
+    committee: PathBuf,
+    /// The authority's index in the committee.
+    #[arg(long, value_name = "I")]
+    target: usize,
+    /// Input rate in tx/s.
+    #[arg(long, value_name = "R", default_value_t = 12_500)]
+    rate: u64,
+    /// Transaction size in bytes.
+    #[arg(long, value_name = "B", default_value_t = 512)]
+    tx_size: usize,
+    /// Seconds of load.
+    #[arg(long, value_name = "S", default_value_t = 20)]
+    duration: u64,
+    /// Write the client's log here (the reference's format).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
 }
 
 /// The protocol's parameters, as the reference names them; the defaults are its README's
 /// local benchmark.
-fn parameters() -> [Arg; 8] {
-    [
-        opt(
-            "header-size",
-            "B",
-            "header size that triggers a new header",
-            "1000",
-            value_parser!(usize),
-        ),
-        opt(
-            "max-header-delay",
-            "MS",
-            "longest wait for a full header",
-            "100",
-            value_parser!(u64),
-        ),
-        opt(
-            "gc-depth",
-            "R",
-            "rounds kept behind the last commit",
-            "50",
-            value_parser!(u64),
-        ),
-        opt(
-            "sync-retry-delay",
-            "MS",
-            "wait before asking again for missing parents",
-            "10000",
-            value_parser!(u64),
-        ),
-        opt(
-            "sync-retry-nodes",
-            "N",
-            "authorities asked on a retry",
-            "3",
-            value_parser!(usize),
-        ),
-        opt(
-            "batch-size",
-            "B",
-            "batch size that seals a batch",
-            "500000",
-            value_parser!(usize),
-        ),
-        opt(
-            "max-batch-delay",
-            "MS",
-            "longest wait for a full batch",
-            "100",
-            value_parser!(u64),
-        ),
-        Arg::new("consensus")
-            .long("consensus")
-            .value_name("RULE")
-            .value_parser(["bullshark", "tusk"])
-            .default_value("bullshark")
-            .help("the commit rule"),
-    ]
+#[derive(clap::Args)]
+struct ParamArgs {
+    /// Header size that triggers a new header.
+    #[arg(long, value_name = "B", default_value_t = 1000)]
+    header_size: usize,
+    /// Longest wait for a full header, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    max_header_delay: u64,
+    /// Rounds kept behind the last commit.
+    #[arg(long, value_name = "R", default_value_t = 50)]
+    gc_depth: u64,
+    /// Wait before asking again for missing parents, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    sync_retry_delay: u64,
+    /// Authorities asked on a retry.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    sync_retry_nodes: usize,
+    /// Batch size that seals a batch.
+    #[arg(long, value_name = "B", default_value_t = 500_000)]
+    batch_size: usize,
+    /// Longest wait for a full batch, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    max_batch_delay: u64,
+    /// The commit rule.
+    #[arg(long, value_name = "RULE", value_enum, default_value_t = Rule::Bullshark)]
+    consensus: Rule,
 }
 
-/// An option `--name VALUE` with a default.
-fn opt(
-    name: &'static str,
-    value: &'static str,
-    help: &'static str,
-    default: &'static str,
-    parser: impl IntoResettable<ValueParser>,
-) -> Arg {
-    Arg::new(name)
-        .long(name)
-        .value_name(value)
-        .value_parser(parser)
-        .default_value(default)
-        .help(help)
+/// `--consensus`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Rule {
+    /// Bullshark's commit rule (the default).
+    Bullshark,
+    /// Tusk's commit rule.
+    Tusk,
 }
 
-/// An option `--name VALUE` that must be given.
-fn required(name: &'static str, value: &'static str, help: &'static str) -> Arg {
-    Arg::new(name)
-        .long(name)
-        .value_name(value)
-        .required(true)
-        .value_parser(value_parser!(PathBuf))
-        .help(help)
-}
-
-/// Reads the values clap parsed and checked.
-struct Args(ArgMatches);
-
-impl Args {
-    /// The value of option `name` (clap has checked its type and supplied its default).
-    fn get<T: Clone + Send + Sync + 'static>(&self, name: &str) -> Result<T, String> {
-        self.0
-            .get_one::<T>(name)
-            .cloned()
-            .ok_or_else(|| format!("--{name} is missing"))
-    }
-
-    fn optional<T: Clone + Send + Sync + 'static>(&self, name: &str) -> Option<T> {
-        self.0.get_one::<T>(name).cloned()
-    }
-
-    fn params(&self) -> Result<Parameters, String> {
-        let ms = |v: u64| Duration::from_millis(v);
-        Ok(Parameters {
-            header_size: self.get("header-size")?,
-            max_header_delay: ms(self.get("max-header-delay")?),
-            gc_depth: self.get("gc-depth")?,
-            sync_retry_delay: ms(self.get("sync-retry-delay")?),
-            sync_retry_nodes: self.get("sync-retry-nodes")?,
-            batch_size: self.get("batch-size")?,
-            max_batch_delay: ms(self.get("max-batch-delay")?),
-            consensus: match self.get::<String>("consensus")?.as_str() {
-                "tusk" => ConsensusRule::Tusk,
-                _ => ConsensusRule::Bullshark,
+impl ParamArgs {
+    fn params(&self) -> Parameters {
+        let ms = Duration::from_millis;
+        Parameters {
+            header_size: self.header_size,
+            max_header_delay: ms(self.max_header_delay),
+            gc_depth: self.gc_depth,
+            sync_retry_delay: ms(self.sync_retry_delay),
+            sync_retry_nodes: self.sync_retry_nodes,
+            batch_size: self.batch_size,
+            max_batch_delay: ms(self.max_batch_delay),
+            consensus: match self.consensus {
+                Rule::Tusk => ConsensusRule::Tusk,
+                Rule::Bullshark => ConsensusRule::Bullshark,
             },
-        })
+        }
     }
 }
 
@@ -302,18 +207,17 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {
-    let matches = cli().get_matches();
-    match matches.subcommand() {
-        Some(("local", m)) => local(Args(m.clone())).await,
-        Some(("keys", m)) => keys(Args(m.clone())),
-        Some(("node", m)) => node(Args(m.clone())).await,
-        Some(("client", m)) => run_client(Args(m.clone())).await,
-        Some(("summarize", m)) => {
-            let dir: PathBuf = Args(m.clone()).get("logs")?;
-            println!("{}", summarize(&Logs::read_dir(&dir)?)?);
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Local(args)) => local(args).await,
+        Some(Cmd::Keys(args)) => keys(args),
+        Some(Cmd::Node(args)) => node(args).await,
+        Some(Cmd::Client(args)) => run_client(args).await,
+        Some(Cmd::Summarize { logs }) => {
+            println!("{}", summarize(&Logs::read_dir(&logs)?)?);
             Ok(())
         }
-        _ => local(Args(matches)).await,
+        None => local(cli.local).await,
     }
 }
 
@@ -327,15 +231,18 @@ fn client_node_config() -> NodeConfig {
     }
 }
 
-async fn local(args: Args) -> Result<(), Box<dyn Error>> {
-    let nodes: usize = args.get("nodes")?;
-    let faults: usize = args.get("faults")?;
-    let rate: u64 = args.get("rate")?;
-    let tx_size: usize = args.get("tx-size")?;
-    let duration = Duration::from_secs(args.get("duration")?);
-    let logs: PathBuf = args.get("logs")?;
-    let json = args.0.get_flag("json");
-    let params = args.params()?;
+async fn local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
+    let params = args.params.params();
+    let LocalArgs {
+        nodes,
+        faults,
+        rate,
+        tx_size,
+        logs,
+        json,
+        ..
+    } = args;
+    let duration = Duration::from_secs(args.duration);
     if nodes == 0 || faults >= nodes || 3 * faults >= nodes {
         return Err(format!("{nodes} nodes cannot tolerate {faults} faults (n >= 3f+1)").into());
     }
@@ -437,10 +344,12 @@ async fn local(args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn keys(args: Args) -> Result<(), Box<dyn Error>> {
-    let nodes: usize = args.get("nodes")?;
-    let base_port: u16 = args.get("base-port")?;
-    let dir: PathBuf = args.get("dir")?;
+fn keys(args: KeysArgs) -> Result<(), Box<dyn Error>> {
+    let KeysArgs {
+        nodes,
+        base_port,
+        dir,
+    } = args;
     std::fs::create_dir_all(&dir)?;
     let mut members = Vec::new();
     for i in 0..nodes {
@@ -460,11 +369,11 @@ fn keys(args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-async fn node(args: Args) -> Result<(), Box<dyn Error>> {
-    let committee = Arc::new(Committee::load(&args.get::<PathBuf>("committee")?)?);
-    let keypair = p2plane::transport::identity::load(args.get::<PathBuf>("key")?)?;
-    let log_dir: Option<PathBuf> = args.optional("logs");
-    let params = args.params()?;
+async fn node(args: NodeArgs) -> Result<(), Box<dyn Error>> {
+    let committee = Arc::new(Committee::load(&args.committee)?);
+    let keypair = p2plane::transport::identity::load(&args.key)?;
+    let log_dir = args.logs;
+    let params = args.params.params();
     let me = committee
         .index_of(&keypair.public().to_peer_id())
         .ok_or("this key is not in the committee")?;
@@ -511,13 +420,16 @@ async fn node(args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-async fn run_client(args: Args) -> Result<(), Box<dyn Error>> {
-    let committee = Committee::load(&args.get::<PathBuf>("committee")?)?;
-    let target: usize = args.get("target")?;
-    let rate: u64 = args.get("rate")?;
-    let tx_size: usize = args.get("tx-size")?;
-    let duration = Duration::from_secs(args.get("duration")?);
-    let log_path: Option<PathBuf> = args.optional("log");
+async fn run_client(args: ClientArgs) -> Result<(), Box<dyn Error>> {
+    let committee = Committee::load(&args.committee)?;
+    let ClientArgs {
+        target,
+        rate,
+        tx_size,
+        log: log_path,
+        ..
+    } = args;
+    let duration = Duration::from_secs(args.duration);
     let authority = committee
         .authorities()
         .get(target)
