@@ -3,6 +3,9 @@
 //   node peer.mjs dial <multiaddr> <peer id>   identify, ping, a Kademlia query and one
 //                                              request to a P2PLane node; one line each
 //   node peer.mjs serve                        serve the echo protocol until stdin closes
+//   node peer.mjs serve-ws                     the same, listening on WebSocket
+//
+// It dials TCP and WebSocket (`/tcp/../ws`) addresses alike.
 //
 // Requests use P2PLane's per-request framing (docs/wire.md): one frame each way, a frame
 // being an unsigned-varint length and a CBOR payload; answers are envelopes {"Ok": body}.
@@ -13,9 +16,16 @@ import { identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { decode, encode } from 'cborg'
 import { createLibp2p } from 'libp2p'
+
+// @libp2p/websockets dials through the global WebSocket, which Node.js has without a flag
+// from version 22; before that, the `ws` package provides it.
+if (typeof globalThis.WebSocket !== 'function') {
+  globalThis.WebSocket = (await import('ws')).WebSocket
+}
 
 // js-libp2p 3 uses Promise.withResolvers, which Node.js gained in version 22.
 if (typeof Promise.withResolvers !== 'function') {
@@ -80,9 +90,12 @@ function readFrame (stream) {
   })
 }
 
+const [mode, addr, peer] = process.argv.slice(2)
+const listen = mode === 'serve-ws' ? '/ip4/127.0.0.1/tcp/0/ws' : '/ip4/127.0.0.1/tcp/0'
+
 const node = await createLibp2p({
-  addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-  transports: [tcp()],
+  addresses: { listen: [listen] },
+  transports: [tcp(), webSockets()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {
@@ -92,9 +105,7 @@ const node = await createLibp2p({
   }
 })
 
-const [mode, addr, peer] = process.argv.slice(2)
-
-if (mode === 'serve') {
+if (mode === 'serve' || mode === 'serve-ws') {
   await node.handle(ECHO, async (stream) => {
     const request = await readFrame(stream)
     stream.send(frame({ Ok: { text: `js heard ${request.text}` } }))

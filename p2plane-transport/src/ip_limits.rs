@@ -73,6 +73,11 @@ fn subnet(ip: IpAddr) -> IpAddr {
 }
 
 fn source_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    // A relayed connection's address starts with the relay's IP, not the peer's: it is not
+    // charged to the relay (the relay bounds its circuits per peer and per IP itself).
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return None;
+    }
     match addr.iter().next()? {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),

@@ -30,4 +30,6 @@ mod swarm;
 pub use identity::IdentityError;
 pub use ip_limits::{IpLimitExceeded, IpLimits};
 pub use libp2p;
+#[cfg(feature = "relay")]
+pub use swarm::build_swarm_with_relay_client;
 pub use swarm::{Limits, TransportConfig, TransportError, build_swarm};

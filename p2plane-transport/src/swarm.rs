@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use libp2p::{
-    PeerId, Swarm, SwarmBuilder, Transport as _,
+    PeerId, Swarm, Transport as _,
     connection_limits::{self, ConnectionLimits},
     core::{
         muxing::StreamMuxerBox,
@@ -109,9 +109,9 @@ impl Limits {
 }
 
 /// Builds a swarm on the tokio runtime that speaks TCP+Noise+Yamux (feature `tcp`), QUIC
-/// (`/udp/../quic-v1`, feature `quic`) and the in-process memory transport (`/memory/..`,
-/// Noise+Yamux as well), each with [`TransportConfig::connection_timeout`] as its handshake
-/// deadline.
+/// (`/udp/../quic-v1`, feature `quic`), WebSocket (`/tcp/../ws`, feature `websocket`) and the
+/// in-process memory transport (`/memory/..`, Noise+Yamux as well), each with
+/// [`TransportConfig::connection_timeout`] as its handshake deadline.
 ///
 /// `behaviour` receives the node's keypair and returns the swarm's behaviour.
 pub fn build_swarm<B: NetworkBehaviour>(
@@ -120,23 +120,57 @@ pub fn build_swarm<B: NetworkBehaviour>(
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Result<Swarm<B>, TransportError> {
     let setup = |e: &dyn std::fmt::Display| TransportError::Setup(e.to_string());
-    let timeout = config.connection_timeout;
-    let swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_other_transport(|key| transports(key, timeout))
-        .map_err(|e| setup(&e))?
-        .with_behaviour(|key| behaviour(key))
-        .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| {
-            let c = c.with_idle_connection_timeout(config.idle_connection_timeout);
-            if config.lazy_negotiation {
-                c.with_substream_upgrade_protocol_override(Version::V1Lazy)
-            } else {
-                c
-            }
-        })
-        .build();
-    Ok(swarm)
+    let transport = transports(&keypair, config.connection_timeout).map_err(|e| setup(&e))?;
+    let behaviour = behaviour(&keypair);
+    Ok(finish(keypair, transport, config, behaviour))
+}
+
+/// [`build_swarm`] plus the client side of circuit relay v2 (feature `relay`): the swarm
+/// can also dial and listen on `/p2p-circuit` addresses, through relays. `behaviour`
+/// receives the keypair and the relay client's behaviour, which it must include in the
+/// swarm's behaviour.
+#[cfg(feature = "relay")]
+pub fn build_swarm_with_relay_client<B: NetworkBehaviour>(
+    keypair: Keypair,
+    config: &TransportConfig,
+    behaviour: impl FnOnce(&Keypair, libp2p::relay::client::Behaviour) -> B,
+) -> Result<Swarm<B>, TransportError> {
+    let setup = |e: &dyn std::fmt::Display| TransportError::Setup(e.to_string());
+    let (relay_transport, relay_client) = libp2p::relay::client::new(keypair.public().to_peer_id());
+    let relayed = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(&keypair).map_err(|e| setup(&e))?)
+        .multiplex(yamux::Config::default())
+        .timeout(config.connection_timeout)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    let direct = transports(&keypair, config.connection_timeout).map_err(|e| setup(&e))?;
+    let transport = direct
+        .or_transport(relayed)
+        .map(|either, _| either.into_inner())
+        .boxed();
+    let behaviour = behaviour(&keypair, relay_client);
+    Ok(finish(keypair, transport, config, behaviour))
+}
+
+/// The swarm over `transport`, with the settings of `config`.
+fn finish<B: NetworkBehaviour>(
+    keypair: Keypair,
+    transport: Boxed<Connection>,
+    config: &TransportConfig,
+    behaviour: B,
+) -> Swarm<B> {
+    let mut swarm_config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(config.idle_connection_timeout);
+    if config.lazy_negotiation {
+        swarm_config = swarm_config.with_substream_upgrade_protocol_override(Version::V1Lazy);
+    }
+    Swarm::new(
+        transport,
+        behaviour,
+        keypair.public().to_peer_id(),
+        swarm_config,
+    )
 }
 
 type Connection = (PeerId, StreamMuxerBox);
@@ -162,6 +196,21 @@ fn transports(key: &Keypair, timeout: Duration) -> Result<Boxed<Connection>, Set
             .timeout(timeout)
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
+        transport,
+    );
+    // WebSocket over TCP (`/ip4/../tcp/../ws`), for peers behind HTTP-only firewalls and
+    // JavaScript peers. Before plain TCP would see the address: TCP refuses `/ws` addresses.
+    #[cfg(feature = "websocket")]
+    let transport = either(
+        libp2p::websocket::Config::new(libp2p::tcp::tokio::Transport::new(
+            libp2p::tcp::Config::default().nodelay(true),
+        ))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(timeout)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed(),
         transport,
     );
     #[cfg(feature = "quic")]

@@ -146,6 +146,10 @@ pub struct NodeConfig {
     /// Finds peers on the local network by mDNS (multicast DNS), and connects to them. Their
     /// addresses are kept even when private. Default `false`.
     pub mdns: bool,
+    #[cfg(feature = "relay")]
+    /// Relays, hole punching and the relay service (see [`ReachConfig`](crate::ReachConfig)).
+    /// Default: no relays, hole punching on, not a relay.
+    pub reach: crate::ReachConfig,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -190,6 +194,8 @@ impl fmt::Debug for NodeConfig {
         d.field("metrics_addr", &self.metrics_addr);
         #[cfg(feature = "mdns")]
         d.field("mdns", &self.mdns);
+        #[cfg(feature = "relay")]
+        d.field("reach", &self.reach);
         d.finish_non_exhaustive()
     }
 }
@@ -228,6 +234,8 @@ impl Default for NodeConfig {
             metrics_addr: None,
             #[cfg(feature = "mdns")]
             mdns: false,
+            #[cfg(feature = "relay")]
+            reach: crate::ReachConfig::default(),
         }
     }
 }
@@ -368,6 +376,14 @@ impl NodeConfig {
     #[must_use]
     pub fn with_mdns(mut self, on: bool) -> Self {
         self.mdns = on;
+        self
+    }
+
+    /// Sets how the node reaches peers behind NATs: relays to listen through, hole
+    /// punching, the relay service (feature `relay`).
+    #[cfg(feature = "relay")]
+    pub fn with_reach(mut self, reach: crate::ReachConfig) -> Self {
+        self.reach = reach;
         self
     }
 

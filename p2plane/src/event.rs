@@ -44,6 +44,33 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A relay accepted this node's reservation: peers can reach it through the relay, at
+    /// the circuit address reported by [`Event::Listening`] (feature `relay`).
+    RelayReservation {
+        /// The relay.
+        relay: PeerId,
+    },
+    /// Listening through a relay ended: the relay refused the reservation, could not be
+    /// reached, or went away (feature `relay`).
+    RelayReservationFailed {
+        /// The relay's address, as configured.
+        relay: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A relayed connection to a peer was upgraded to a direct one by hole punching
+    /// (feature `relay`).
+    DirectUpgrade {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Hole punching to a peer failed; the relayed connection stays (feature `relay`).
+    DirectUpgradeFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
     /// mDNS found a peer on the local network (the node connects to it).
     PeerDiscovered {
         /// The peer.

@@ -53,6 +53,8 @@
 //! |---|---|---|
 //! | `tcp` | TCP with Noise and Yamux | yes |
 //! | `quic` | QUIC (`/udp/../quic-v1`) | yes |
+//! | `websocket` | WebSocket over TCP (`/tcp/../ws`), for HTTP-only firewalls and js-libp2p peers | yes |
+//! | `relay` | relays and hole punching: `NodeConfig::reach`, [`ReachConfig`] | yes |
 //! | `dht` | Kademlia: `Node::dht`, `NodeConfig::dht`, lookups of unknown peers | yes |
 //! | `pubsub` | gossipsub: `Node::subscribe`, `Node::publish`, `NodeConfig::pubsub` | yes |
 //! | `mdns` | local discovery: `NodeConfig::mdns` | yes |
@@ -86,6 +88,8 @@ mod node_state;
 mod peer_table;
 #[cfg(feature = "pubsub")]
 pub mod pubsub;
+#[cfg(feature = "relay")]
+mod reach;
 mod rpc;
 mod streams;
 // Nothing is heard of without the DHT or mDNS.
@@ -109,6 +113,8 @@ pub use p2plane_transport::{self as transport, Limits, TransportConfig};
 pub use peer_table::ConnectedPeers;
 #[cfg(feature = "pubsub")]
 pub use pubsub::{PubsubConfig, PubsubError, Subscription, Topic};
+#[cfg(feature = "relay")]
+pub use reach::{ReachConfig, RelayServerConfig};
 pub use rpc::Client;
 pub use tower::{self, BoxError, service_fn};
 

@@ -1,7 +1,7 @@
 //! Interoperability with js-libp2p (`interop/js`, from the npm registry), both ways:
 //! identify, ping, a Kademlia query on P2PLane's DHT protocol name, and a request on a
-//! P2PLane protocol in the framing of `docs/wire.md`. Skipped, with a message, where
-//! Node.js or the npm packages are not available.
+//! P2PLane protocol in the framing of `docs/wire.md`; over TCP and over WebSocket. Skipped,
+//! with a message, where Node.js or the npm packages are not available.
 
 mod common;
 
@@ -57,19 +57,31 @@ fn js_dir() -> Result<&'static Path, &'static str> {
         .map_err(|e| *e)
 }
 
-fn config() -> NodeConfig {
-    NodeConfig::listen_on(TCP.parse().unwrap())
+/// A WebSocket listen address on loopback.
+const WS: &str = "/ip4/127.0.0.1/tcp/0/ws";
+
+fn config(listen: &str) -> NodeConfig {
+    NodeConfig::listen_on(listen.parse().unwrap())
         .with_private_addrs(true)
         .with_dht(Some(DhtConfig::default().with_mode(DhtMode::Server)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_libp2p_dials_p2plane() {
+    js_dials_p2plane("js_libp2p_dials_p2plane", TCP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_libp2p_dials_p2plane_over_websocket() {
+    js_dials_p2plane("js_libp2p_dials_p2plane_over_websocket", WS).await;
+}
+
+async fn js_dials_p2plane(test: &str, listen: &str) {
     let dir = match js_dir() {
         Ok(dir) => dir,
-        Err(reason) => return skip("js_libp2p_dials_p2plane", reason),
+        Err(reason) => return skip(test, reason),
     };
-    let node = Node::<Shout>::new(config()).await.unwrap();
+    let node = Node::<Shout>::new(config(listen)).await.unwrap();
     node.serve(service_fn(|req: Request<Shout>| async move {
         Ok::<_, Infallible>(Shout {
             text: format!("p2plane heard {}", req.body().text),
@@ -109,13 +121,23 @@ async fn js_libp2p_dials_p2plane() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2plane_dials_js_libp2p() {
+    p2plane_dials_js("p2plane_dials_js_libp2p", "serve").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2plane_dials_js_libp2p_over_websocket() {
+    p2plane_dials_js("p2plane_dials_js_libp2p_over_websocket", "serve-ws").await;
+}
+
+/// `mode`: `serve` (TCP) or `serve-ws` (WebSocket).
+async fn p2plane_dials_js(test: &str, mode: &str) {
     let dir = match js_dir() {
         Ok(dir) => dir,
-        Err(reason) => return skip("p2plane_dials_js_libp2p", reason),
+        Err(reason) => return skip(test, reason),
     };
     let mut js = Command::new("node")
         .arg(dir.join("peer.mjs"))
-        .arg("serve")
+        .arg(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -136,8 +158,11 @@ async fn p2plane_dials_js_libp2p() {
     .await
     .expect("the js peer starts");
     let (addr, js_peer) = (addr.unwrap(), peer.unwrap());
+    if mode == "serve-ws" {
+        assert!(addr.to_string().contains("/ws/"), "{addr} is not WebSocket");
+    }
 
-    let node = Node::<Shout>::new(config()).await.unwrap();
+    let node = Node::<Shout>::new(config(TCP)).await.unwrap();
     let mut events = node.events();
     assert_eq!(node.dial(addr).await.unwrap(), js_peer);
     // identify: js-libp2p tells us what it serves.

@@ -30,6 +30,19 @@ type Mdns = libp2p::mdns::tokio::Behaviour;
 #[cfg(not(feature = "mdns"))]
 type Mdns = libp2p::swarm::dummy::Behaviour;
 
+#[cfg(feature = "relay")]
+type RelayClient = libp2p::relay::client::Behaviour;
+#[cfg(not(feature = "relay"))]
+type RelayClient = libp2p::swarm::dummy::Behaviour;
+#[cfg(feature = "relay")]
+type RelayServer = libp2p::relay::Behaviour;
+#[cfg(not(feature = "relay"))]
+type RelayServer = libp2p::swarm::dummy::Behaviour;
+#[cfg(feature = "relay")]
+type Dcutr = libp2p::dcutr::Behaviour;
+#[cfg(not(feature = "relay"))]
+type Dcutr = libp2p::swarm::dummy::Behaviour;
+
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -42,6 +55,10 @@ pub(crate) struct Behaviour {
     pub(crate) kad: Toggle<Kad>,
     pub(crate) gossipsub: Toggle<Gossipsub>,
     pub(crate) mdns: Toggle<Mdns>,
+    /// Set by the swarm's builder, which creates it with the relay transport.
+    pub(crate) relay_client: Toggle<RelayClient>,
+    pub(crate) relay: Toggle<RelayServer>,
+    pub(crate) dcutr: Toggle<Dcutr>,
 }
 
 impl Behaviour {
@@ -76,8 +93,38 @@ impl Behaviour {
             kad: Toggle::from(kad(config, local_peer_id)?),
             gossipsub: Toggle::from(gossipsub(config, keypair)?),
             mdns: Toggle::from(mdns(config, local_peer_id)?),
+            relay_client: Toggle::from(None),
+            relay: Toggle::from(relay_server(config, local_peer_id)),
+            dcutr: Toggle::from(dcutr(config, local_peer_id)),
         })
     }
+}
+
+#[cfg(feature = "relay")]
+fn relay_server(config: &NodeConfig, local_peer_id: PeerId) -> Option<RelayServer> {
+    config
+        .reach
+        .relay_server
+        .as_ref()
+        .map(|server| server.behaviour(local_peer_id))
+}
+
+#[cfg(not(feature = "relay"))]
+fn relay_server(_: &NodeConfig, _: PeerId) -> Option<RelayServer> {
+    None
+}
+
+#[cfg(feature = "relay")]
+fn dcutr(config: &NodeConfig, local_peer_id: PeerId) -> Option<Dcutr> {
+    config
+        .reach
+        .hole_punching
+        .then(|| Dcutr::new(local_peer_id))
+}
+
+#[cfg(not(feature = "relay"))]
+fn dcutr(_: &NodeConfig, _: PeerId) -> Option<Dcutr> {
+    None
 }
 
 #[cfg(feature = "dht")]

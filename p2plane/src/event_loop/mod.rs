@@ -11,6 +11,8 @@ mod connection;
 mod identify;
 #[cfg(feature = "mdns")]
 mod mdns;
+#[cfg(feature = "relay")]
+mod reach;
 mod start;
 
 use std::{collections::HashMap, sync::Arc};
@@ -64,6 +66,9 @@ pub(crate) struct EventLoop {
     /// libp2p's metrics, when metrics are on.
     #[cfg(feature = "metrics")]
     metrics: Option<libp2p::metrics::Metrics>,
+    /// Relays listened through, and whether this node is one.
+    #[cfg(feature = "relay")]
+    reach: reach::ReachState,
 }
 
 impl EventLoop {
@@ -173,6 +178,8 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                #[cfg(feature = "relay")]
+                self.reach.on_listen_addr(&mut self.swarm, &address);
                 self.emit(Event::Listening { addr: address });
             }
             SwarmEvent::ConnectionEstablished {
@@ -192,11 +199,31 @@ impl EventLoop {
                 peer_id,
                 error,
             } => self.on_dial_error(connection_id, peer_id, &error),
+            #[cfg(feature = "relay")]
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_relay_listener_closed(
+                listener_id,
+                match reason {
+                    Ok(()) => "listener closed".to_owned(),
+                    Err(e) => error_chain(&e),
+                },
+            ),
             SwarmEvent::Behaviour(BehaviourEvent::Streams(event)) => self.on_streams(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.on_ping(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
             #[cfg(feature = "mdns")]
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns(event),
+            #[cfg(feature = "relay")]
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.on_relay_client(event)
+            }
+            #[cfg(feature = "relay")]
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.on_relay_server(event),
+            #[cfg(feature = "relay")]
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event),
             #[cfg(feature = "pubsub")]
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
                 if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut() {
@@ -228,6 +255,10 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
             #[cfg(feature = "pubsub")]
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.record(e),
+            #[cfg(feature = "relay")]
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => metrics.record(e),
+            #[cfg(feature = "relay")]
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => metrics.record(e),
             _ => {}
         }
     }

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use libp2p::{Swarm, swarm::SwarmEvent};
 use p2plane_codec::CborCodec;
 use p2plane_core::PeerStore;
-use p2plane_transport::{build_swarm, identity};
+use p2plane_transport::identity;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{Behaviour, EventLoop};
@@ -49,11 +49,24 @@ impl EventLoop {
             Arc::clone(&unverified),
         );
         let behaviour = Behaviour::new(&config, &keypair, gate, streams)?;
-        let mut swarm = build_swarm(keypair, &config.transport, move |_| behaviour)?;
+        #[cfg(feature = "relay")]
+        let mut swarm = p2plane_transport::build_swarm_with_relay_client(
+            keypair,
+            &config.transport,
+            move |_, relay_client| Behaviour {
+                relay_client: Some(relay_client).into(),
+                ..behaviour
+            },
+        )?;
+        #[cfg(not(feature = "relay"))]
+        let mut swarm =
+            p2plane_transport::build_swarm(keypair, &config.transport, move |_| behaviour)?;
         let first_addr = listen(&mut swarm, &config).await?;
         tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
 
         seed_dht(&mut swarm, &config);
+        #[cfg(feature = "relay")]
+        let reach = super::reach::ReachState::start(&mut swarm, &config, &first_addr);
         // Known peers first: a restarted node does not depend on the bootstrap node.
         redial_known_peers(
             &mut swarm,
@@ -107,6 +120,8 @@ impl EventLoop {
             pubsub: crate::pubsub::PubsubState::new(config.max_message_size, &commands_tx),
             #[cfg(feature = "metrics")]
             metrics: libp2p_metrics,
+            #[cfg(feature = "relay")]
+            reach,
         };
         tokio::spawn(event_loop.run());
 

@@ -23,6 +23,7 @@ use foldhash::HashMap;
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol,
     core::{Endpoint, transport::PortUse},
+    multiaddr::Protocol,
     swarm::{
         ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
         THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -87,13 +88,26 @@ impl Shared {
         (tx.clone(), fresh)
     }
 
-    fn on_new_connection(&mut self, peer: PeerId, id: ConnectionId) -> mpsc::Receiver<NewStream> {
+    /// Streams are opened on a peer's first connection in `by_peer`: a direct connection
+    /// goes first, so that once hole punching has opened one, new streams use it rather
+    /// than the relay (whose circuits are limited in time and bytes).
+    fn on_new_connection(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        relayed: bool,
+    ) -> mpsc::Receiver<NewStream> {
         let (tx, rx) = self
             .pending
             .remove(&peer)
             .unwrap_or_else(|| mpsc::channel(OPEN_QUEUE));
         self.connections.insert(id, (peer, tx));
-        self.by_peer.entry(peer).or_default().push(id);
+        let ids = self.by_peer.entry(peer).or_default();
+        if relayed {
+            ids.push(id);
+        } else {
+            ids.insert(0, id);
+        }
         rx
     }
 
@@ -151,8 +165,9 @@ impl Behaviour {
         Control::new(self.shared.clone(), self.dial_tx.clone())
     }
 
-    fn handler(&self, peer: PeerId, id: ConnectionId) -> Handler {
-        let rx = lock(&self.shared).on_new_connection(peer, id);
+    fn handler(&self, peer: PeerId, id: ConnectionId, addr: &Multiaddr) -> Handler {
+        let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+        let rx = lock(&self.shared).on_new_connection(peer, id, relayed);
         Handler::new(peer, self.shared.clone(), rx)
     }
 }
@@ -165,21 +180,22 @@ impl NetworkBehaviour for Behaviour {
         &mut self,
         id: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        // A relayed inbound connection's local address is the circuit address.
+        local: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer, id))
+        Ok(self.handler(peer, id, local))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
         id: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        addr: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer, id))
+        Ok(self.handler(peer, id, addr))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {

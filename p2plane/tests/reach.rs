@@ -1,0 +1,230 @@
+//! Reach on loopback: a node listens through a relay, a peer that knows only the relay's
+//! address reaches it through the circuit, and hole punching then gives them a direct
+//! connection. WebSocket carries requests like TCP. (The NAT topologies, where a direct
+//! dial is impossible, are the network test bed's.)
+
+mod common;
+
+use common::{TCP, config, echo, echo_node, first_addr, wait_event, within};
+use p2plane::{
+    Event, Multiaddr, Node, ReachConfig, RelayServerConfig, transport::libp2p::multiaddr::Protocol,
+};
+
+fn relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// A circuit carries at most this many bytes each way.
+const CIRCUIT_BYTES: u64 = 16 * 1024;
+
+/// A relay: serves circuits of at most [`CIRCUIT_BYTES`], is in no DHT.
+async fn relay() -> (Node<common::Echo>, Multiaddr) {
+    let mut limits = RelayServerConfig::default();
+    limits.max_circuit_bytes = CIRCUIT_BYTES;
+    let node = echo_node(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_dht(None)
+            .with_reach(ReachConfig::default().with_relay_server(limits)),
+    )
+    .await;
+    let addr = first_addr(&node)
+        .await
+        .with(Protocol::P2p(node.local_peer_id()));
+    (node, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_relay_is_reached_through_it_then_directly() {
+    let (relay, relay_addr) = relay().await;
+
+    // The listener reserves a slot on the relay and listens through it.
+    let listener = echo_node(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_dht(None)
+            .with_reach(ReachConfig::default().with_relay(relay_addr.clone())),
+    )
+    .await;
+    let mut events = listener.events();
+    let circuit = match listener
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(relayed)
+    {
+        Some(addr) => addr,
+        None => {
+            wait_event(&mut events, "a circuit listen address", |e| match e {
+                Event::Listening { addr } if relayed(addr) => Some(addr.clone()),
+                _ => None,
+            })
+            .await
+        }
+    };
+    assert!(
+        circuit.to_string().starts_with(&relay_addr.to_string()),
+        "{circuit} is not through {relay_addr}"
+    );
+
+    // A peer that knows only the relay's address dials the listener through the circuit.
+    let dialer = echo_node(config(TCP).with_private_addrs(true).with_dht(None)).await;
+    let mut dialer_events = dialer.events();
+    // As a running node would, it has been connected to the relay long enough to learn
+    // (from identify) the address the relay sees it at: hole punching sends those.
+    let relay_id = within("the dial to the relay", dialer.dial(relay_addr.clone()))
+        .await
+        .unwrap();
+    wait_event(&mut dialer_events, "the relay identified", |e| match e {
+        Event::PeerIdentified { peer, .. } if *peer == relay_id => Some(()),
+        _ => None,
+    })
+    .await;
+    // The circuit address ends with the listener's id: `<relay>/p2p-circuit/p2p/<listener>`.
+    assert_eq!(
+        circuit.iter().last(),
+        Some(Protocol::P2p(listener.local_peer_id()))
+    );
+    let peer = within("the relayed dial", dialer.dial(circuit))
+        .await
+        .unwrap();
+    assert_eq!(peer, listener.local_peer_id());
+    let reply = within(
+        "a request over the relay",
+        dialer.client().request(peer, echo(1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, common::answer(&echo(1), peer));
+
+    // Hole punching (DCUtR) opens a direct connection; requests keep being answered.
+    let upgraded = wait_event(&mut dialer_events, "the direct upgrade", |e| match e {
+        Event::DirectUpgrade { peer: p } if *p == peer => Some(Ok(())),
+        Event::DirectUpgradeFailed { peer: p, reason } if *p == peer => Some(Err(reason.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(upgraded, Ok(()), "hole punch on loopback failed");
+    // Requests now go over the direct connection: four times what the circuit may carry
+    // passes without one failure (on the circuit, the relay would cut it mid-way).
+    for seq in 2..66 {
+        let request = common::Echo {
+            seq,
+            text: "x".repeat(1024),
+        };
+        let reply = within(
+            "a request after the upgrade",
+            dialer.client().request(peer, request.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply, common::answer(&request, peer));
+    }
+    // With the relay gone, only the direct connection can carry the requests.
+    relay.shutdown().await;
+    for seq in 66..80 {
+        let reply = within(
+            "a request without the relay",
+            dialer.client().request(peer, echo(seq)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply, common::answer(&echo(seq), peer));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_over_websocket() {
+    let server = echo_node(config("/ip4/127.0.0.1/tcp/0/ws").with_dht(None)).await;
+    let addr = first_addr(&server).await;
+    assert!(
+        addr.iter().any(|p| matches!(p, Protocol::Ws(_))),
+        "{addr} is not a WebSocket address"
+    );
+    let client = echo_node(config(TCP).with_dht(None)).await;
+    let peer = within("the WebSocket dial", client.dial(addr))
+        .await
+        .unwrap();
+    for seq in 0..50 {
+        let reply = within(
+            "a request over WebSocket",
+            client.client().request(peer, echo(seq)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply, common::answer(&echo(seq), peer));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hole_punching_the_relay_carries_requests_within_its_limits() {
+    let (_relay, relay_addr) = relay().await;
+    let no_punch = || ReachConfig::default().with_hole_punching(false);
+    let listener = echo_node(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_dht(None)
+            .with_reach(no_punch().with_relay(relay_addr.clone())),
+    )
+    .await;
+    let mut events = listener.events();
+    let circuit = match listener
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(relayed)
+    {
+        Some(addr) => addr,
+        None => {
+            wait_event(&mut events, "a circuit listen address", |e| match e {
+                Event::Listening { addr } if relayed(addr) => Some(addr.clone()),
+                _ => None,
+            })
+            .await
+        }
+    };
+    // The dialer keeps no private addresses: it cannot learn the listener's loopback
+    // address and dial it directly, so the circuit is the only path, as behind a NAT.
+    let dialer = echo_node(
+        config(TCP)
+            .with_private_addrs(false)
+            .with_dht(None)
+            .with_reach(no_punch()),
+    )
+    .await;
+    let peer = within("the relayed dial", dialer.dial(circuit))
+        .await
+        .unwrap();
+    let reply = within(
+        "a request over the relay",
+        dialer.client().request(peer, echo(1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, common::answer(&echo(1), peer));
+    // 1 KiB requests: the relay ends the circuit once it has carried CIRCUIT_BYTES, and the
+    // caller gets an error, not a hang.
+    let mut answered = 0u64;
+    let error = loop {
+        let request = common::Echo {
+            seq: answered,
+            text: "x".repeat(1024),
+        };
+        match within(
+            "a request near the circuit's limit",
+            dialer.client().request(peer, request),
+        )
+        .await
+        {
+            Ok(_) => answered += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            answered * 1024 <= 2 * CIRCUIT_BYTES,
+            "{answered} KiB went through a circuit limited to {CIRCUIT_BYTES} bytes"
+        );
+    };
+    assert!(answered >= 4, "only {answered} requests before {error}");
+}
