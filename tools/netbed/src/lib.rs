@@ -3,7 +3,8 @@
 //! [`Bed`] builds a switch (a network namespace holding a bridge) and `n` hosts (a
 //! namespace each, joined to the bridge by a veth pair, with address `10.77.0.i/16`), and
 //! injects faults: loss and partitions with nftables rules on the bridge, delay with the
-//! `nfdelay` NFQUEUE daemon (this kernel has no `netem`). Hosts have no default route.
+//! `nfdelay` NFQUEUE daemon (this kernel has no `netem`). Hosts have no default route,
+//! except those put behind a home router with [`Bed::put_behind_nat`].
 //!
 //! **Run a bed only inside `unshare -n`** (a new, empty network namespace around the whole
 //! test): an address of the test network dialled from the machine's own namespace would
@@ -85,11 +86,24 @@ pub fn reexec_in_empty_netns(name: &str) -> Result<Option<bool>, Unavailable> {
 
 static NEXT_BED: AtomicU32 = AtomicU32::new(0);
 
+/// How a home router translates addresses (see `docs/connectivity.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent, port-preserving mapping with address-and-port-dependent
+    /// filtering (nftables `masquerade`): most home routers. Hole punching works.
+    PortPreserving,
+    /// A new random port per destination (`masquerade random,fully-random`): "symmetric".
+    /// Hole punching cannot work; only a relay connects it.
+    Symmetric,
+}
+
 /// A switch and `n` hosts. Dropping it kills the processes it started and deletes its
 /// namespaces.
 pub struct Bed {
     prefix: String,
     hosts: usize,
+    /// The hosts behind a router of their own.
+    routers: Vec<usize>,
     /// The `nfdelay` daemon of each delayed host.
     daemons: HashMap<usize, Proc>,
 }
@@ -159,6 +173,7 @@ impl Bed {
         let bed = Self {
             prefix,
             hosts,
+            routers: Vec::new(),
             daemons: HashMap::new(),
         };
         let sw = bed.switch();
@@ -187,6 +202,66 @@ impl Bed {
         }
         bed.nft_switch("")?;
         Ok(bed)
+    }
+
+    /// Puts host `i` behind a home router with `nat`: the router takes the host's place on
+    /// the switch (and its address, [`Bed::ip`]), and the host moves to a LAN of its own
+    /// (address [`Bed::lan_ip`], default route through the router). The router translates
+    /// the host's outgoing connections and drops every unsolicited packet from outside
+    /// (dropped silently, as home routers do: a reset would abort a hole punch).
+    pub fn put_behind_nat(&mut self, i: usize, nat: Nat) -> io::Result<()> {
+        let host = self.host(i);
+        let router = self.router(i);
+        run(Command::new("ip").args(["netns", "add", &router]))?;
+        self.routers.push(i);
+        // The host's link to the switch becomes the router's WAN link.
+        self.sh(
+            &host,
+            &format!("ip addr flush dev eth0 && ip link set eth0 netns {router} name wan0"),
+        )?;
+        let lan = Self::lan_ip(i);
+        let gateway = format!("192.168.{i}.1");
+        self.sh(
+            &router,
+            &format!(
+                "ip link set lo up && ip addr add {}/16 dev wan0 && ip link set wan0 up && \
+                 ip link add lan0 type veth peer name eth0 netns {host} && \
+                 ip addr add {gateway}/24 dev lan0 && ip link set lan0 up && \
+                 sysctl -qw net.ipv4.ip_forward=1",
+                Self::ip(i)
+            ),
+        )?;
+        self.sh(
+            &host,
+            &format!(
+                "ip addr add {lan}/24 dev eth0 && ip link set eth0 up && \
+                 ip route add default via {gateway}"
+            ),
+        )?;
+        let masquerade = match nat {
+            Nat::PortPreserving => "masquerade",
+            Nat::Symmetric => "masquerade random,fully-random",
+        };
+        let rules = format!(
+            "table ip home {{\n\
+             chain translate {{ type nat hook postrouting priority 100; oifname \"wan0\" {masquerade}; }}\n\
+             chain guard_lan {{ type filter hook forward priority 0; policy accept; \
+             iifname \"wan0\" ct state new drop; }}\n\
+             chain guard_router {{ type filter hook input priority 0; policy accept; \
+             iifname \"wan0\" ct state new drop; }}\n\
+             }}"
+        );
+        self.sh(&router, &format!("nft -f - <<'EOF'\n{rules}\nEOF"))
+    }
+
+    /// Host `i`'s address on its LAN, once it is behind a router.
+    pub fn lan_ip(i: usize) -> String {
+        format!("192.168.{i}.2")
+    }
+
+    /// The namespace of host `i`'s router.
+    fn router(&self, i: usize) -> String {
+        format!("{}-r{i}", self.prefix)
     }
 
     /// The switch's namespace.
@@ -326,6 +401,7 @@ impl Drop for Bed {
         self.daemons.clear();
         for ns in (1..=self.hosts)
             .map(|i| self.host(i))
+            .chain(self.routers.iter().map(|&i| self.router(i)))
             .chain([self.switch()])
         {
             // Processes still in a namespace keep it alive until they end; deleting the

@@ -2,14 +2,19 @@
 //!
 //! ```text
 //! bednode serve --listen ADDR [--key FILE] [--peers FILE] [--bootstrap ADDR] [--dht]
-//!               [--limit-loopback]
+//!               [--limit-loopback] [--relay ADDR] [--relay-server] [--max-inbound-per-ip N]
 //!     An echo server (and, with --dht, a DHT server with a persistent peer store at
-//!     --peers). Prints `READY peer=ID addr=ADDR`, then `CONNECTED n=N` every second.
+//!     --peers; with --relay-server, a relay for others). Prints `READY peer=ID addr=ADDR`;
+//!     with --relay (a relay's address with its /p2p id), it listens through that relay and
+//!     then prints `RELAYED addr=CIRCUIT`; then `CONNECTED n=N` every second.
 //! bednode call --listen ADDR --target ADDR --requests N [--concurrency C] [--retry]
-//!              [--timeout-ms T]
+//!              [--timeout-ms T] [--relay-first ADDR] [--upgrade-wait-ms W]
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
 //!     timeout, with or without the retry layer. Prints
-//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent).
+//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent). With
+//!     --upgrade-wait-ms it then waits that long for a hole punch to the target and prints
+//!     `UPGRADE direct=1 ms=..` or `UPGRADE direct=0 reason=..`; --relay-first connects to
+//!     a relay first, as a running node would have (it learns its public address there).
 //! bednode dht --listen ADDR --bootstrap ADDR [--put N] [--get M] --rounds R
 //!             [--interval-ms I] [--query-timeout-ms T] [--client]
 //!     Joins the DHT (as a server, or a client that stores nothing for others), puts N
@@ -37,8 +42,8 @@ use std::{
 
 use futures::{StreamExt as _, stream};
 use p2plane::{
-    DhtConfig, DhtMode, Message, Multiaddr, Node, NodeConfig, PeerId, Quorum, Request, RetryLayer,
-    RetryPolicy, TimeoutLayer, service_fn,
+    DhtConfig, DhtMode, Event, Message, Multiaddr, Node, NodeConfig, PeerId, Quorum, Request,
+    RetryLayer, RetryPolicy, TimeoutLayer, service_fn,
     tower::{ServiceBuilder, ServiceExt as _},
 };
 use serde::{Deserialize, Serialize};
@@ -103,8 +108,21 @@ fn base_config(args: &Args) -> Result<NodeConfig, String> {
         let store = p2plane::peers::RedbPeerStore::open(path).map_err(|e| e.to_string())?;
         config = config.with_peer_store(Arc::new(store));
     }
+    let mut reach = p2plane::ReachConfig::default();
+    if let Ok(relay) = args.addr("relay") {
+        reach = reach.with_relay(relay);
+    }
+    if args.flag("relay-server") {
+        reach = reach.with_relay_server(p2plane::RelayServerConfig::default());
+    }
+    config = config.with_reach(reach);
     let mut limits = p2plane::Limits::default();
     limits.limit_loopback = args.flag("limit-loopback");
+    if let Some(n) = args.get("max-inbound-per-ip") {
+        limits.max_inbound_per_ip = n
+            .parse()
+            .map_err(|e| format!("--max-inbound-per-ip: {e}"))?;
+    }
     config = config.with_limits(limits);
     let dht = args.flag("dht").then(|| {
         let mut dht = DhtConfig::default()
@@ -132,8 +150,35 @@ async fn serve(args: &Args) -> Result<(), String> {
         })
     }))
     .map_err(|e| e.to_string())?;
+    let mut events = node.events();
     let addr = listen_addr(&node).await?;
     println!("READY peer={me} addr={addr}");
+    if args.get("relay").is_some() {
+        let relayed = |a: &Multiaddr| a.to_string().contains("/p2p-circuit");
+        let known = node
+            .listen_addrs()
+            .await
+            .ok()
+            .and_then(|a| a.into_iter().find(relayed));
+        let circuit = match known {
+            Some(a) => a,
+            None => tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(event) = events.next().await {
+                    if let Event::Listening { addr } = event
+                        && relayed(&addr)
+                    {
+                        return Some(addr);
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or("no reservation on the relay")?,
+        };
+        println!("RELAYED addr={circuit}");
+    }
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let n = node.connected_peers().await.map_or(0, |p| p.len());
@@ -168,6 +213,19 @@ async fn call(args: &Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let target = args.addr("target")?;
+    let mut events = node.events();
+    if let Ok(relay) = args.addr("relay-first") {
+        let relay_id = node.dial(relay).await.map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(event) = events.next().await {
+                if matches!(event, Event::PeerIdentified { peer, .. } if peer == relay_id) {
+                    return;
+                }
+            }
+        })
+        .await
+        .map_err(|_| "the relay was not identified")?;
+    }
     let connecting = Instant::now();
     let server: PeerId = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -231,6 +289,30 @@ async fn call(args: &Args) -> Result<(), String> {
         percentile(&latencies, 99),
         wire.load(Ordering::Relaxed)
     );
+    let upgrade_wait = Duration::from_millis(args.num("upgrade-wait-ms", 0)?);
+    if !upgrade_wait.is_zero() {
+        let outcome = tokio::time::timeout(upgrade_wait, async {
+            while let Some(event) = events.next().await {
+                match event {
+                    Event::DirectUpgrade { peer } if peer == server => return Ok(()),
+                    Event::DirectUpgradeFailed { peer, reason } if peer == server => {
+                        return Err(reason);
+                    }
+                    _ => {}
+                }
+            }
+            Err("event stream ended".to_owned())
+        })
+        .await
+        .unwrap_or_else(|_| Err("no hole punch within the wait".to_owned()));
+        match outcome {
+            Ok(()) => println!(
+                "UPGRADE direct=1 ms={:.1}",
+                connecting.elapsed().as_secs_f64() * 1000.0
+            ),
+            Err(reason) => println!("UPGRADE direct=0 reason={}", reason.replace(' ', "_")),
+        }
+    }
     node.shutdown().await;
     Ok(())
 }
