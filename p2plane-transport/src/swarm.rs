@@ -137,13 +137,13 @@ pub fn build_swarm_with_relay_client<B: NetworkBehaviour>(
 ) -> Result<Swarm<B>, TransportError> {
     let setup = |e: &dyn std::fmt::Display| TransportError::Setup(e.to_string());
     let (relay_transport, relay_client) = libp2p::relay::client::new(keypair.public().to_peer_id());
-    let relayed = relay_transport
-        .upgrade(Version::V1Lazy)
-        .authenticate(noise::Config::new(&keypair).map_err(|e| setup(&e))?)
-        .multiplex(yamux::Config::default())
-        .timeout(config.connection_timeout)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed();
+    let relayed = secured(
+        relay_transport,
+        Version::V1Lazy,
+        &keypair,
+        config.connection_timeout,
+    )
+    .map_err(|e| setup(&e))?;
     let direct = transports(&keypair, config.connection_timeout).map_err(|e| setup(&e))?;
     let transport = direct
         .or_transport(relayed)
@@ -178,39 +178,31 @@ type SetupError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The memory transport, and TCP and QUIC when their features are on, as one.
 fn transports(key: &Keypair, timeout: Duration) -> Result<Boxed<Connection>, SetupError> {
-    let transport = MemoryTransport::default()
-        .upgrade(Version::V1)
-        .authenticate(noise::Config::new(key)?)
-        .multiplex(yamux::Config::default())
-        .timeout(timeout)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed();
+    let transport = secured(MemoryTransport::default(), Version::V1, key, timeout)?;
     // TCP as libp2p's `with_tcp` builds it, plus the handshake deadline, which `with_tcp`
     // has no setting for.
     #[cfg(feature = "tcp")]
     let transport = either(
-        libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise::Config::new(key)?)
-            .multiplex(yamux::Config::default())
-            .timeout(timeout)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
+        secured(
+            libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true)),
+            Version::V1Lazy,
+            key,
+            timeout,
+        )?,
         transport,
     );
     // WebSocket over TCP (`/ip4/../tcp/../ws`), for peers behind HTTP-only firewalls and
     // JavaScript peers. Before plain TCP would see the address: TCP refuses `/ws` addresses.
     #[cfg(feature = "websocket")]
     let transport = either(
-        libp2p::websocket::Config::new(libp2p::tcp::tokio::Transport::new(
-            libp2p::tcp::Config::default().nodelay(true),
-        ))
-        .upgrade(Version::V1Lazy)
-        .authenticate(noise::Config::new(key)?)
-        .multiplex(yamux::Config::default())
-        .timeout(timeout)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed(),
+        secured(
+            libp2p::websocket::Config::new(libp2p::tcp::tokio::Transport::new(
+                libp2p::tcp::Config::default().nodelay(true),
+            )),
+            Version::V1Lazy,
+            key,
+            timeout,
+        )?,
         transport,
     );
     #[cfg(feature = "quic")]
@@ -225,6 +217,30 @@ fn transports(key: &Keypair, timeout: Duration) -> Result<Boxed<Connection>, Set
         )
     };
     Ok(transport)
+}
+
+/// `transport` with Noise and Yamux on top, negotiated with `version`, set up within
+/// `timeout`.
+fn secured<T>(
+    transport: T,
+    version: Version,
+    key: &Keypair,
+    timeout: Duration,
+) -> Result<Boxed<Connection>, SetupError>
+where
+    T: libp2p::Transport + Send + Unpin + 'static,
+    T::Output: libp2p::futures::AsyncRead + libp2p::futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    Ok(transport
+        .upgrade(version)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(timeout)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
 }
 
 /// `first`, or `second` for addresses `first` does not take.

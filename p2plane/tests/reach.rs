@@ -14,6 +14,21 @@ fn relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// The node's listen address through its relay, once the relay has accepted it.
+async fn circuit_addr(node: &Node<common::Echo>) -> Multiaddr {
+    // Subscribe first, then look: an address that came before is in the list, one that
+    // comes after is an event.
+    let mut events = node.events();
+    if let Some(addr) = node.listen_addrs().await.unwrap().into_iter().find(relayed) {
+        return addr;
+    }
+    wait_event(&mut events, "a circuit listen address", |e| match e {
+        Event::Listening { addr } if relayed(addr) => Some(addr.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// A circuit carries at most this many bytes each way.
 const CIRCUIT_BYTES: u64 = 16 * 1024;
 
@@ -46,23 +61,7 @@ async fn a_node_behind_a_relay_is_reached_through_it_then_directly() {
             .with_reach(ReachConfig::default().with_relay(relay_addr.clone())),
     )
     .await;
-    let mut events = listener.events();
-    let circuit = match listener
-        .listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(relayed)
-    {
-        Some(addr) => addr,
-        None => {
-            wait_event(&mut events, "a circuit listen address", |e| match e {
-                Event::Listening { addr } if relayed(addr) => Some(addr.clone()),
-                _ => None,
-            })
-            .await
-        }
-    };
+    let circuit = circuit_addr(&listener).await;
     assert!(
         circuit.to_string().starts_with(&relay_addr.to_string()),
         "{circuit} is not through {relay_addr}"
@@ -158,35 +157,19 @@ async fn requests_are_answered_over_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_hole_punching_the_relay_carries_requests_within_its_limits() {
+async fn without_hole_punching_requests_go_through_the_relay_within_its_limits() {
     let (_relay, relay_addr) = relay().await;
     let no_punch = || ReachConfig::default().with_hole_punching(false);
+    // Neither end keeps private addresses: neither can learn the other's loopback address
+    // and dial it directly, so the circuit is the only path, as behind NATs.
     let listener = echo_node(
         config(TCP)
-            .with_private_addrs(true)
+            .with_private_addrs(false)
             .with_dht(None)
             .with_reach(no_punch().with_relay(relay_addr.clone())),
     )
     .await;
-    let mut events = listener.events();
-    let circuit = match listener
-        .listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(relayed)
-    {
-        Some(addr) => addr,
-        None => {
-            wait_event(&mut events, "a circuit listen address", |e| match e {
-                Event::Listening { addr } if relayed(addr) => Some(addr.clone()),
-                _ => None,
-            })
-            .await
-        }
-    };
-    // The dialer keeps no private addresses: it cannot learn the listener's loopback
-    // address and dial it directly, so the circuit is the only path, as behind a NAT.
+    let circuit = circuit_addr(&listener).await;
     let dialer = echo_node(
         config(TCP)
             .with_private_addrs(false)
@@ -194,6 +177,7 @@ async fn without_hole_punching_the_relay_carries_requests_within_its_limits() {
             .with_reach(no_punch()),
     )
     .await;
+    let mut dialer_events = dialer.events();
     let peer = within("the relayed dial", dialer.dial(circuit))
         .await
         .unwrap();
@@ -204,27 +188,33 @@ async fn without_hole_punching_the_relay_carries_requests_within_its_limits() {
     .await
     .unwrap();
     assert_eq!(reply, common::answer(&echo(1), peer));
-    // 1 KiB requests: the relay ends the circuit once it has carried CIRCUIT_BYTES, and the
-    // caller gets an error, not a hang.
-    let mut answered = 0u64;
-    let error = loop {
+    // 1 KiB requests, one at a time, four times what a circuit may carry: the relay ends
+    // each circuit once it has carried CIRCUIT_BYTES, and the dialer dials the listener
+    // through the relay again (a new circuit) for the next request. Every request is
+    // answered, and the circuit was cut and remade.
+    for seq in 0..4 * CIRCUIT_BYTES / 1024 {
         let request = common::Echo {
-            seq: answered,
+            seq,
             text: "x".repeat(1024),
         };
-        match within(
+        let reply = within(
             "a request near the circuit's limit",
-            dialer.client().request(peer, request),
+            dialer.client().request(peer, request.clone()),
         )
         .await
-        {
-            Ok(_) => answered += 1,
-            Err(e) => break e,
+        .unwrap_or_else(|e| panic!("request {seq}: {e}"));
+        assert_eq!(reply, common::answer(&request, peer));
+    }
+    let mut reconnects = 0;
+    while let Some(Some(event)) =
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut dialer_events))
+    {
+        if matches!(event, Event::PeerConnected { peer: p, .. } if p == peer) {
+            reconnects += 1;
         }
-        assert!(
-            answered * 1024 <= 2 * CIRCUIT_BYTES,
-            "{answered} KiB went through a circuit limited to {CIRCUIT_BYTES} bytes"
-        );
-    };
-    assert!(answered >= 4, "only {answered} requests before {error}");
+    }
+    assert!(
+        reconnects >= 2,
+        "the relay never cut a circuit: {reconnects} connections to the listener"
+    );
 }

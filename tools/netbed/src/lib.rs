@@ -84,6 +84,31 @@ pub fn reexec_in_empty_netns(name: &str) -> Result<Option<bool>, Unavailable> {
     Ok(Some(status.success()))
 }
 
+/// Runs test `name`'s `body` inside an empty network namespace (see
+/// [`reexec_in_empty_netns`]), or says why it is skipped. One bed at a time: they share the
+/// machine's cores, and their figures are timings.
+pub fn in_netns(name: &str, body: impl FnOnce()) {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    match reexec_in_empty_netns(name) {
+        Ok(None) => body(),
+        Ok(Some(passed)) => assert!(passed, "{name} failed inside its network namespace"),
+        Err(why) => skip(name, &why.0),
+    }
+}
+
+/// Whether the full sizes were asked for (`NETBED_SOAK=1`) rather than CI's short runs.
+pub fn soak() -> bool {
+    std::env::var_os("NETBED_SOAK").is_some()
+}
+
+/// The text of `key=value` in a `bednode` result line.
+pub fn text_field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
 static NEXT_BED: AtomicU32 = AtomicU32::new(0);
 
 /// How a home router translates addresses (see `docs/connectivity.md`).

@@ -9,31 +9,14 @@
 use std::{
     path::Path,
     process::Command,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use netbed::{Bed, Proc, reexec_in_empty_netns};
+use netbed::{Bed, Proc, in_netns, soak, text_field};
 
 const BEDNODE: &str = env!("CARGO_BIN_EXE_bednode");
 const NFDELAY: &str = env!("CARGO_BIN_EXE_nfdelay");
 const PORT: u16 = 4000;
-
-fn soak() -> bool {
-    std::env::var_os("NETBED_SOAK").is_some()
-}
-
-/// Runs `body` inside an empty network namespace, or says why it is skipped.
-fn in_netns(name: &str, body: impl FnOnce()) {
-    // One bed at a time: they share two cores, and their figures are timings.
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    match reexec_in_empty_netns(name) {
-        Ok(None) => body(),
-        Ok(Some(passed)) => assert!(passed, "{name} failed inside its network namespace"),
-        Err(why) => netbed::skip(name, &why.0),
-    }
-}
 
 fn addr(host: usize) -> String {
     format!("/ip4/{}/tcp/{PORT}", Bed::ip(host))
@@ -54,13 +37,6 @@ fn server_with_id(bed: &mut Bed, host: usize, extra: &[&str]) -> (Proc, String) 
         .expect("the server is ready");
     let id = text_field(&ready, "peer").to_owned();
     (proc, id)
-}
-
-/// The text of `key=value` in a result line.
-fn text_field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
 /// Parses `key=value` pairs of a result line.

@@ -9,38 +9,16 @@
 
 use std::{
     path::Path,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use netbed::{Bed, Nat, Proc, reexec_in_empty_netns};
+use netbed::{Bed, Nat, Proc, in_netns, soak, text_field};
 
 const BEDNODE: &str = env!("CARGO_BIN_EXE_bednode");
 const PORT: u16 = 4000;
 
-fn in_netns(name: &str, body: impl FnOnce()) {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    match reexec_in_empty_netns(name) {
-        Ok(None) => body(),
-        Ok(Some(passed)) => assert!(passed, "{name} failed inside its network namespace"),
-        Err(why) => netbed::skip(name, &why.0),
-    }
-}
-
 fn attempts() -> usize {
-    if std::env::var_os("NETBED_SOAK").is_some() {
-        20
-    } else {
-        3
-    }
-}
-
-/// The value of `key=value` in a result line.
-fn text_field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    if soak() { 20 } else { 3 }
 }
 
 fn start(bed: &mut Bed, host: usize, args: &[&str]) -> Proc {
