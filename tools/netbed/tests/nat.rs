@@ -124,10 +124,14 @@ fn scenario(name: &str, caller_nat: Nat, transport: &str) -> (f64, usize, Vec<f6
         direct.extend(upgrade);
     }
     direct.sort_by(f64::total_cmp);
-    let pct = |p: usize| direct.get((direct.len() * p / 100).min(direct.len().saturating_sub(1)));
+    let pct = |p: usize| {
+        direct
+            .get((direct.len() * p / 100).min(direct.len().saturating_sub(1)))
+            .map_or("-".to_owned(), |ms| format!("{ms:.1}"))
+    };
     println!(
         "FIGURE nat {name} {transport}: {} attempts, requests answered {:.1}%, direct {}/{}, \
-         time to direct p50 {:?} ms p95 {:?} ms ({:.1} s)",
+         time to direct p50 {} ms p95 {} ms ({:.1} s)",
         attempts(),
         100.0 * answered / sent,
         direct.len(),
