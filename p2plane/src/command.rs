@@ -35,5 +35,8 @@ pub(crate) enum Command {
     Dht(DhtCommand),
     #[cfg(feature = "pubsub")]
     Pubsub(PubsubCommand),
+    /// Listen through this relay again (sent by the loop's own retry timer).
+    #[cfg(feature = "relay")]
+    Relisten(Multiaddr),
     Shutdown,
 }

@@ -51,7 +51,8 @@ pub enum Event {
         relay: PeerId,
     },
     /// Listening through a relay ended: the relay refused the reservation, could not be
-    /// reached, or went away (feature `relay`).
+    /// reached, or went away. The node asks again after a wait that doubles from 1 s to
+    /// at most 60 s, until the relay accepts (feature `relay`).
     RelayReservationFailed {
         /// The relay's address, as configured.
         relay: Multiaddr,

@@ -37,8 +37,9 @@ use p2plane_core::Multiaddr;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReachConfig {
-    /// Relays to reserve a slot on and listen through, each with its `/p2p/<id>`. Default
-    /// none.
+    /// Relays to reserve a slot on and listen through, each with its `/p2p/<id>`. A relay
+    /// that refuses, cannot be reached or goes away is asked again after a wait (1 s,
+    /// doubling to 60 s). Default none.
     pub relays: Vec<Multiaddr>,
     /// Upgrade relayed connections to direct ones by hole punching (DCUtR). Default on.
     pub hole_punching: bool,

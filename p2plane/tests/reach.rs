@@ -232,3 +232,80 @@ async fn without_hole_punching_requests_go_through_the_relay_within_its_limits()
     );
     assert!(answered >= 4, "{answered} answered, {failed} failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_lost_with_its_relay_is_made_again_when_the_relay_returns() {
+    // The relay comes back with the same key on the same port.
+    let key = p2plane::transport::identity::generate();
+    let relay_config = |listen: &str| p2plane::NodeConfig {
+        identity: p2plane::Identity::Keypair(key.clone()),
+        ..config(listen)
+            .with_private_addrs(true)
+            .with_dht(None)
+            .with_reach(ReachConfig::default().with_relay_server(RelayServerConfig::default()))
+    };
+    let relay = echo_node(relay_config(TCP)).await;
+    let relay_listen = first_addr(&relay).await;
+    let relay_addr = relay_listen
+        .clone()
+        .with(Protocol::P2p(relay.local_peer_id()));
+
+    let listener = echo_node(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_dht(None)
+            .with_reach(
+                ReachConfig::default()
+                    .with_hole_punching(false)
+                    .with_relay(relay_addr.clone()),
+            ),
+    )
+    .await;
+    let circuit = circuit_addr(&listener).await;
+    let mut events = listener.events();
+
+    // The relay goes away: the listener is told, and a peer cannot reach it through the
+    // relay (a typed error, not a hang).
+    relay.shutdown().await;
+    wait_event(&mut events, "the lost reservation", |e| match e {
+        Event::RelayReservationFailed { relay, .. } if *relay == relay_addr => Some(()),
+        _ => None,
+    })
+    .await;
+    let dialer = echo_node(config(TCP).with_private_addrs(true).with_dht(None)).await;
+    let refused = within(
+        "a dial through the missing relay",
+        dialer.dial(circuit.clone()),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "dialled through a relay that is gone: {refused:?}"
+    );
+
+    // The relay returns: the listener reserves again by itself, and is reached.
+    let _relay = echo_node(relay_config(&relay_listen.to_string())).await;
+    wait_event(&mut events, "the renewed reservation", |e| match e {
+        Event::RelayReservation { relay } if *relay == relay_addr_peer(&relay_addr) => Some(()),
+        _ => None,
+    })
+    .await;
+    let peer = within("a dial through the returned relay", dialer.dial(circuit))
+        .await
+        .unwrap();
+    ask_all(
+        &dialer,
+        peer,
+        "a request through the returned relay",
+        (0..10).map(echo),
+    )
+    .await;
+}
+
+/// The peer id at the end of a relay's address.
+fn relay_addr_peer(addr: &Multiaddr) -> PeerId {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => peer,
+        _ => panic!("{addr} has no /p2p"),
+    }
+}

@@ -151,6 +151,8 @@ impl EventLoop {
             Command::Disconnect { peer, reply } => {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
+            #[cfg(feature = "relay")]
+            Command::Relisten(relay) => self.reach.listen_through(&mut self.swarm, relay),
             #[cfg(feature = "dht")]
             Command::Dht(command) => match self.swarm.behaviour_mut().kad.as_mut() {
                 Some(kad) => self.dht.on_command(kad, command),

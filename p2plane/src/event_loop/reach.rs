@@ -1,11 +1,19 @@
 //! Relays and hole punching: reservations on relays, circuits served, direct upgrades.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
-use libp2p::{Multiaddr, Swarm, core::transport::ListenerId, dcutr, multiaddr::Protocol, relay};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, core::transport::ListenerId, dcutr, multiaddr::Protocol, relay,
+};
+use tokio::sync::mpsc;
 
 use super::{Behaviour, EventLoop};
-use crate::{NodeConfig, error::error_chain, event::Event, gate::is_private};
+use crate::{NodeConfig, command::Command, error::error_chain, event::Event, gate::is_private};
+
+/// The first wait before listening again through a relay that was lost or refused us.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between attempts (the wait doubles from `FIRST_RETRY`).
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// The loop's side of reach: the listeners through relays, and whether this node serves
 /// as a relay.
@@ -16,6 +24,12 @@ pub(crate) struct ReachState {
     /// reservations until the node has a confirmed external address.
     announce_listen_addrs: bool,
     allow_private_addrs: bool,
+    /// The next wait before listening again through each relay that failed (reset once
+    /// the relay accepts a reservation). At most one timer per relay is pending.
+    retry_after: HashMap<Multiaddr, Duration>,
+    /// Where retry timers send [`Command::Relisten`]. Weak, so that the node still stops
+    /// when its last handle is dropped.
+    commands: mpsc::WeakSender<Command>,
 }
 
 impl ReachState {
@@ -26,25 +40,56 @@ impl ReachState {
         swarm: &mut Swarm<Behaviour>,
         config: &NodeConfig,
         first_addr: &Multiaddr,
+        commands: &mpsc::Sender<Command>,
     ) -> Self {
         let mut state = Self {
             relay_listeners: HashMap::new(),
             announce_listen_addrs: config.reach.relay_server.is_some(),
             allow_private_addrs: config.allow_private_addrs,
+            retry_after: HashMap::new(),
+            commands: commands.downgrade(),
         };
         state.on_listen_addr(swarm, first_addr);
         for relay in &config.reach.relays {
-            let addr = relay.clone().with(Protocol::P2pCircuit);
-            match swarm.listen_on(addr.clone()) {
-                Ok(id) => {
-                    state.relay_listeners.insert(id, relay.clone());
-                }
-                Err(e) => {
-                    tracing::warn!(%addr, error = %error_chain(&e), "cannot listen through relay");
-                }
-            }
+            state.listen_through(swarm, relay.clone());
         }
         state
+    }
+
+    /// Listens through `relay` (the relay client dials it and asks for a reservation).
+    pub(crate) fn listen_through(&mut self, swarm: &mut Swarm<Behaviour>, relay: Multiaddr) {
+        let addr = relay.clone().with(Protocol::P2pCircuit);
+        match swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                self.relay_listeners.insert(id, relay);
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %error_chain(&e), "cannot listen through relay");
+            }
+        }
+    }
+
+    /// Asks the loop to listen through `relay` again after a wait that doubles with each
+    /// failure, from [`FIRST_RETRY`] up to [`MAX_RETRY`].
+    fn retry_later(&mut self, relay: Multiaddr) {
+        let wait = self
+            .retry_after
+            .get(&relay)
+            .map_or(FIRST_RETRY, |w| (*w * 2).min(MAX_RETRY));
+        self.retry_after.insert(relay.clone(), wait);
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(commands) = commands.upgrade() {
+                let _ = commands.send(Command::Relisten(relay)).await;
+            }
+        });
+    }
+
+    /// `relay_peer` accepted a reservation: its next failure starts from the first wait.
+    fn on_reservation(&mut self, relay_peer: PeerId) {
+        self.retry_after
+            .retain(|addr, _| addr.iter().last() != Some(Protocol::P2p(relay_peer)));
     }
 
     /// A new listen address: a relay announces it as an external address.
@@ -66,7 +111,8 @@ impl EventLoop {
     /// A listener through a relay closed: the reservation was refused or lost.
     pub(super) fn on_relay_listener_closed(&mut self, id: ListenerId, reason: String) {
         if let Some(relay) = self.reach.on_listener_closed(id) {
-            tracing::warn!(%relay, %reason, "listening through the relay ended");
+            tracing::warn!(%relay, %reason, "listening through the relay ended; will retry");
+            self.reach.retry_later(relay.clone());
             self.emit(Event::RelayReservationFailed { relay, reason });
         }
     }
@@ -79,6 +125,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(relay = %relay_peer_id, renewal, "relay reservation accepted");
+                self.reach.on_reservation(relay_peer_id);
                 if !renewal {
                     self.emit(Event::RelayReservation {
                         relay: relay_peer_id,

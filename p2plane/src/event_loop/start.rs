@@ -65,8 +65,6 @@ impl EventLoop {
         tracing::info!(peer = %local_peer_id, addr = %first_addr, "node started");
 
         seed_dht(&mut swarm, &config);
-        #[cfg(feature = "relay")]
-        let reach = super::reach::ReachState::start(&mut swarm, &config, &first_addr);
         // Known peers first: a restarted node does not depend on the bootstrap node.
         redial_known_peers(
             &mut swarm,
@@ -83,6 +81,8 @@ impl EventLoop {
             });
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        #[cfg(feature = "relay")]
+        let reach = super::reach::ReachState::start(&mut swarm, &config, &first_addr, &commands_tx);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         #[cfg(feature = "metrics")]
         let (libp2p_metrics, metrics, metrics_addr) = match config.metrics_addr {

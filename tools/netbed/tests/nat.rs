@@ -183,3 +183,101 @@ fn a_symmetric_nat_is_answered_through_the_relay() {
         }
     });
 }
+
+#[test]
+fn with_the_relay_down_a_natted_peer_is_refused_then_reached_once_it_is_back() {
+    in_netns(
+        "with_the_relay_down_a_natted_peer_is_refused_then_reached_once_it_is_back",
+        || {
+            let dir = tempfile::tempdir().expect("a directory for the relay's key");
+            let key = dir.path().join("relay.key");
+            let key = key.to_str().expect("a UTF-8 path");
+            let mut bed = Bed::new(3).expect("test bed");
+            bed.put_behind_nat(2, Nat::PortPreserving)
+                .expect("NAT for host 2");
+            bed.put_behind_nat(3, Nat::PortPreserving)
+                .expect("NAT for host 3");
+            let relay_listen = listen_addr(&Bed::ip(1), PORT, "tcp");
+            let relay_args = [
+                "serve",
+                "--listen",
+                &relay_listen,
+                "--key",
+                key,
+                "--relay-server",
+            ];
+            let mut relay = start(&mut bed, 1, &relay_args);
+            let ready = relay
+                .line_starting("READY", Duration::from_secs(30))
+                .expect("the relay is ready");
+            let relay_addr = format!("{relay_listen}/p2p/{}", text_field(&ready, "peer"));
+            let listen = listen_addr(&Bed::lan_ip(2), PORT, "tcp");
+            let mut server = start(
+                &mut bed,
+                2,
+                &["serve", "--listen", &listen, "--relay", &relay_addr],
+            );
+            let relayed = server
+                .line_starting("RELAYED", Duration::from_secs(60))
+                .expect("the server listens through the relay");
+            let circuit = text_field(&relayed, "addr").to_owned();
+            let caller_listen = listen_addr(&Bed::lan_ip(3), PORT, "tcp");
+
+            // The relay goes down: the only path between the two NATs is gone, and a dial
+            // fails with an error instead of hanging.
+            drop(relay);
+            let mut caller = start(
+                &mut bed,
+                3,
+                &[
+                    "call",
+                    "--listen",
+                    &caller_listen,
+                    "--target",
+                    &circuit,
+                    "--dial-once",
+                ],
+            );
+            let dial = caller
+                .line_starting("DIAL", Duration::from_secs(60))
+                .expect("the caller reports its dial");
+            assert_eq!(
+                text_field(&dial, "ok"),
+                "0",
+                "dialled through a relay that is down: {dial}"
+            );
+            println!("FIGURE nat relay down: {dial}");
+            drop(caller);
+
+            // The relay returns with the same key and address: the server reserves again by
+            // itself, and the caller (retrying its dial) is answered.
+            let started = Instant::now();
+            let mut relay = start(&mut bed, 1, &relay_args);
+            relay
+                .line_starting("READY", Duration::from_secs(30))
+                .expect("the relay is back");
+            let mut caller = start(
+                &mut bed,
+                3,
+                &[
+                    "call",
+                    "--listen",
+                    &caller_listen,
+                    "--target",
+                    &circuit,
+                    "--requests",
+                    "20",
+                ],
+            );
+            let result = caller
+                .line_starting("RESULT", Duration::from_secs(120))
+                .expect("the caller reports");
+            println!(
+                "FIGURE nat relay back: {result} ({:.1} s after the relay restarted)",
+                started.elapsed().as_secs_f64()
+            );
+            assert_eq!(text_field(&result, "ok"), "20", "{result}");
+            drop(server);
+        },
+    );
+}

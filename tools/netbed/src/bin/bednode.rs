@@ -8,13 +8,15 @@
 //!     with --relay (a relay's address with its /p2p id), it listens through that relay and
 //!     then prints `RELAYED addr=CIRCUIT`; then `CONNECTED n=N` every second.
 //! bednode call --listen ADDR --target ADDR --requests N [--concurrency C] [--retry]
-//!              [--timeout-ms T] [--relay-first ADDR] [--upgrade-wait-ms W]
+//!              [--timeout-ms T] [--relay-first ADDR] [--upgrade-wait-ms W] [--dial-once]
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
 //!     timeout, with or without the retry layer. Prints
 //!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent). With
 //!     --upgrade-wait-ms it then waits that long for a hole punch to the target and prints
 //!     `UPGRADE direct=1 ms=..` or `UPGRADE direct=0 reason=..`; --relay-first connects to
 //!     a relay first, as a running node would have (it learns its public address there).
+//!     With --dial-once it only dials, once, and prints `DIAL ok=1` or
+//!     `DIAL ok=0 error=..` (otherwise it retries the dial for up to 30 s).
 //! bednode dht --listen ADDR --bootstrap ADDR [--put N] [--get M] --rounds R
 //!             [--interval-ms I] [--query-timeout-ms T] [--client]
 //!     Joins the DHT (as a server, or a client that stores nothing for others), puts N
@@ -227,6 +229,15 @@ async fn call(args: &Args) -> Result<(), String> {
         .map_err(|_| "the relay was not identified")?;
     }
     let connecting = Instant::now();
+    if args.flag("dial-once") {
+        // One dial, its outcome printed: `DIAL ok=1` or `DIAL ok=0 error=..`.
+        match node.dial(target.clone()).await {
+            Ok(_) => println!("DIAL ok=1"),
+            Err(e) => println!("DIAL ok=0 error={}", e.to_string().replace(' ', "_")),
+        }
+        node.shutdown().await;
+        return Ok(());
+    }
     let server: PeerId = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match node.dial(target.clone()).await {
