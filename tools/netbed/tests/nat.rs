@@ -15,6 +15,7 @@ use std::{
 use netbed::{Bed, Nat, Proc, in_netns, soak, text_field};
 
 const BEDNODE: &str = env!("CARGO_BIN_EXE_bednode");
+const NFDELAY: &str = env!("CARGO_BIN_EXE_nfdelay");
 const PORT: u16 = 4000;
 
 fn attempts() -> usize {
@@ -90,11 +91,31 @@ fn attempt(
     (ok, total, direct)
 }
 
-fn scenario(name: &str, caller_nat: Nat, transport: &str) -> (f64, usize, Vec<f64>) {
+/// Faults on every link: each host's packets wait `delay_ms` on the way out, and `loss`
+/// percent of the packets crossing the switch are dropped.
+#[derive(Clone, Copy)]
+struct Faults {
+    delay_ms: u32,
+    loss: u32,
+}
+
+fn scenario(
+    name: &str,
+    caller_nat: Nat,
+    transport: &str,
+    faults: Option<Faults>,
+) -> (f64, usize, Vec<f64>) {
     let mut bed = Bed::new(3).expect("test bed");
     bed.put_behind_nat(2, Nat::PortPreserving)
         .expect("NAT for host 2");
     bed.put_behind_nat(3, caller_nat).expect("NAT for host 3");
+    if let Some(Faults { delay_ms, loss }) = faults {
+        for host in 1..=3 {
+            bed.delay(host, Path::new(NFDELAY), delay_ms, 0, 3600)
+                .expect("nfdelay");
+        }
+        bed.set_loss(loss).expect("loss rules");
+    }
     let relay_listen = listen_addr(&Bed::ip(1), PORT, transport);
     // Every node behind a NAT comes from its router's one address; the nodes a test kills
     // leave QUIC connections behind until their idle timeout, so the relay admits more
@@ -154,6 +175,7 @@ fn port_preserving_nats_connect_directly_after_a_hole_punch() {
                     "port-preserving <-> port-preserving",
                     Nat::PortPreserving,
                     transport,
+                    None,
                 );
                 assert_eq!(answered, 100.0, "{transport}: every request is answered");
                 // The goal is at least 95 % direct (`NETBED_SOAK=1` runs 20 pairs); of the
@@ -173,8 +195,12 @@ fn port_preserving_nats_connect_directly_after_a_hole_punch() {
 fn a_symmetric_nat_is_answered_through_the_relay() {
     in_netns("a_symmetric_nat_is_answered_through_the_relay", || {
         for transport in ["tcp", "quic"] {
-            let (answered, direct, _) =
-                scenario("port-preserving <-> symmetric", Nat::Symmetric, transport);
+            let (answered, direct, _) = scenario(
+                "port-preserving <-> symmetric",
+                Nat::Symmetric,
+                transport,
+                None,
+            );
             assert_eq!(
                 answered, 100.0,
                 "{transport}: every request is answered through the relay"
@@ -182,6 +208,32 @@ fn a_symmetric_nat_is_answered_through_the_relay() {
             println!("FIGURE nat symmetric {transport}: {direct} direct (none expected)");
         }
     });
+}
+
+#[test]
+fn behind_nats_with_delay_and_loss_every_request_is_answered() {
+    in_netns(
+        "behind_nats_with_delay_and_loss_every_request_is_answered",
+        || {
+            let faults = Faults {
+                delay_ms: 50,
+                loss: 10,
+            };
+            for transport in ["tcp", "quic"] {
+                let (answered, direct, _) = scenario(
+                    "port-preserving <-> port-preserving, 50 ms each way, 10 % loss",
+                    Nat::PortPreserving,
+                    transport,
+                    Some(faults),
+                );
+                assert_eq!(answered, 100.0, "{transport}: every request is answered");
+                println!(
+                    "FIGURE nat faults {transport}: {direct} of {} direct",
+                    attempts()
+                );
+            }
+        },
+    );
 }
 
 #[test]

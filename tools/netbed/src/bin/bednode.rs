@@ -12,8 +12,8 @@
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
 //!     timeout, with or without the retry layer. Prints
 //!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent). With
-//!     --upgrade-wait-ms it then waits that long for a hole punch to the target and prints
-//!     `UPGRADE direct=1 ms=..` or `UPGRADE direct=0 reason=..`; --relay-first connects to
+//!     --upgrade-wait-ms it then waits up to that long more for a hole punch to the target
+//!     and prints `UPGRADE direct=1 ms=..` (from the dial) or `UPGRADE direct=0 reason=..`; --relay-first connects to
 //!     a relay first, as a running node would have (it learns its public address there).
 //!     With --dial-once it only dials, once, and prints `DIAL ok=1` or
 //!     `DIAL ok=0 error=..` (otherwise it retries the dial for up to 30 s).
@@ -238,6 +238,21 @@ async fn call(args: &Args) -> Result<(), String> {
         node.shutdown().await;
         return Ok(());
     }
+    // The hole punch is timed when it happens, while the requests run.
+    let upgrade_wait = Duration::from_millis(args.num("upgrade-wait-ms", 0)?);
+    let upgrade = (!upgrade_wait.is_zero()).then(|| {
+        let mut events = node.events();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Event::DirectUpgrade { .. } => return Ok(connecting.elapsed()),
+                    Event::DirectUpgradeFailed { reason, .. } => return Err(reason),
+                    _ => {}
+                }
+            }
+            Err("event stream ended".to_owned())
+        })
+    });
     let server: PeerId = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match node.dial(target.clone()).await {
@@ -300,27 +315,14 @@ async fn call(args: &Args) -> Result<(), String> {
         percentile(&latencies, 99),
         wire.load(Ordering::Relaxed)
     );
-    let upgrade_wait = Duration::from_millis(args.num("upgrade-wait-ms", 0)?);
-    if !upgrade_wait.is_zero() {
-        let outcome = tokio::time::timeout(upgrade_wait, async {
-            while let Some(event) = events.next().await {
-                match event {
-                    Event::DirectUpgrade { peer } if peer == server => return Ok(()),
-                    Event::DirectUpgradeFailed { peer, reason } if peer == server => {
-                        return Err(reason);
-                    }
-                    _ => {}
-                }
-            }
-            Err("event stream ended".to_owned())
-        })
-        .await
-        .unwrap_or_else(|_| Err("no hole punch within the wait".to_owned()));
+    if let Some(watcher) = upgrade {
+        let outcome = tokio::time::timeout(upgrade_wait, watcher)
+            .await
+            .map_err(|_| "no hole punch within the wait".to_owned())
+            .and_then(|joined| joined.map_err(|e| e.to_string()))
+            .and_then(|outcome| outcome);
         match outcome {
-            Ok(()) => println!(
-                "UPGRADE direct=1 ms={:.1}",
-                connecting.elapsed().as_secs_f64() * 1000.0
-            ),
+            Ok(took) => println!("UPGRADE direct=1 ms={:.1}", took.as_secs_f64() * 1000.0),
             Err(reason) => println!("UPGRADE direct=0 reason={}", reason.replace(' ', "_")),
         }
     }
