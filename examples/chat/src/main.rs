@@ -9,7 +9,11 @@
 use std::{error::Error, time::Duration};
 
 use clap::Parser;
-use p2plane::{Message, Multiaddr, Node, NodeConfig, PubsubConfig, PubsubError, Topic};
+use futures::StreamExt as _;
+use p2plane::{
+    Event, Message, Multiaddr, Node, NodeConfig, PubsubConfig, PubsubError, ReachConfig,
+    RelayServerConfig, Topic, transport::libp2p::multiaddr::Protocol,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -55,18 +59,42 @@ struct Args {
     /// A peer to join through (repeat for more).
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<Multiaddr>,
+    /// A relay to listen through, when behind a NAT (its address ends in /p2p/<id>); the
+    /// address others can join through is printed once the relay accepts.
+    #[arg(long, value_name = "ADDR")]
+    relay: Option<Multiaddr>,
+    /// Serve only as a relay for participants behind NATs (run it on a public address):
+    /// it joins no room, and stops when its standard input closes.
+    #[arg(long)]
+    relay_server: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
+    let mut reach = ReachConfig::default();
+    if let Some(relay) = args.relay {
+        reach = reach.with_relay(relay);
+    }
+    if args.relay_server {
+        reach = reach.with_relay_server(RelayServerConfig::default());
+    }
     let config = NodeConfig::listen_on(args.listen)
         .with_private_addrs(true)
         .with_dht(None)
-        .with_pubsub(Some(PubsubConfig::default()));
+        .with_pubsub(Some(PubsubConfig::default()))
+        .with_reach(reach);
     let node = Node::<Line>::new(config).await?;
+    let mut events = node.events();
+    println!("peer id {}", node.local_peer_id());
     for addr in node.listen_addrs().await? {
         println!("listening on {addr}");
+    }
+    if args.relay_server {
+        let mut input = BufReader::new(tokio::io::stdin()).lines();
+        while input.next_line().await?.is_some() {}
+        node.shutdown().await;
+        return Ok(());
     }
     let mut room = node.subscribe::<Room>().await?;
     for addr in args.peers {
@@ -91,6 +119,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
             received = room.recv() => {
                 let Some(received) = received else { break };
                 println!("{}: {}", received.message.from, received.message.text);
+            }
+            Some(event) = events.next() => {
+                if let Event::Listening { addr } = event
+                    && addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+                {
+                    println!("reachable through the relay at {addr}");
+                }
             }
             _ = tick.tick() => {
                 let peers = node.topic_peers::<Room>().await?.len();
