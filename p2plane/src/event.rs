@@ -44,6 +44,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// What AutoNAT found out about this node's reachability changed (feature `relay`):
+    /// `public` with the external addresses peers confirmed they can dial, or not public
+    /// (a probe failed and no address is confirmed: the node is behind a NAT or firewall
+    /// and should listen through a relay).
+    Reachability {
+        /// Whether peers can dial this node.
+        public: bool,
+        /// The confirmed external addresses (empty when not public).
+        addrs: Vec<Multiaddr>,
+    },
     /// A relay accepted this node's reservation: peers can reach it through the relay, at
     /// the circuit address reported by [`Event::Listening`] (feature `relay`).
     RelayReservation {

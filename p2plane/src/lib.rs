@@ -54,7 +54,7 @@
 //! | `tcp` | TCP with Noise and Yamux | yes |
 //! | `quic` | QUIC (`/udp/../quic-v1`) | yes |
 //! | `websocket` | WebSocket over TCP (`/tcp/../ws`), for HTTP-only firewalls and js-libp2p peers | yes |
-//! | `relay` | relays and hole punching: `NodeConfig::reach`, [`ReachConfig`] | yes |
+//! | `relay` | reachability (AutoNAT v2), relays and hole punching: `NodeConfig::reach`, [`ReachConfig`] | yes |
 //! | `dht` | Kademlia: `Node::dht`, `NodeConfig::dht`, lookups of unknown peers | yes |
 //! | `pubsub` | gossipsub: `Node::subscribe`, `Node::publish`, `NodeConfig::pubsub` | yes |
 //! | `mdns` | local discovery: `NodeConfig::mdns` | yes |

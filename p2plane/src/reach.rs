@@ -45,6 +45,13 @@ pub struct ReachConfig {
     pub hole_punching: bool,
     /// Serve as a relay for other peers. Default `None` (off).
     pub relay_server: Option<RelayServerConfig>,
+    /// Learn whether this node can be dialled (AutoNAT v2): connected peers that serve
+    /// AutoNAT dial back the addresses other peers observed this node at; a confirmed one
+    /// becomes an external address, and [`Event::Reachability`](crate::Event::Reachability)
+    /// reports the outcome. The node also answers other peers' probes. Default on.
+    pub autonat: bool,
+    /// How often AutoNAT tests untested address candidates. Default 5 s (libp2p's).
+    pub autonat_probe_interval: Duration,
 }
 
 impl Default for ReachConfig {
@@ -53,6 +60,8 @@ impl Default for ReachConfig {
             relays: Vec::new(),
             hole_punching: true,
             relay_server: None,
+            autonat: true,
+            autonat_probe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -67,6 +76,18 @@ impl ReachConfig {
     /// Turns hole punching on or off.
     pub fn with_hole_punching(mut self, on: bool) -> Self {
         self.hole_punching = on;
+        self
+    }
+
+    /// Turns AutoNAT (reachability probes, both asking and answering) on or off.
+    pub fn with_autonat(mut self, on: bool) -> Self {
+        self.autonat = on;
+        self
+    }
+
+    /// Sets how often AutoNAT tests new address candidates.
+    pub fn with_autonat_probe_interval(mut self, interval: Duration) -> Self {
+        self.autonat_probe_interval = interval;
         self
     }
 

@@ -309,3 +309,27 @@ fn relay_addr_peer(addr: &Multiaddr) -> PeerId {
         _ => panic!("{addr} has no /p2p"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autonat_confirms_an_address_that_peers_can_dial() {
+    let quick = || {
+        ReachConfig::default().with_autonat_probe_interval(std::time::Duration::from_millis(100))
+    };
+    let server = echo_node(config(TCP).with_dht(None).with_reach(quick())).await;
+    let server_addr = first_addr(&server).await;
+    let node = echo_node(config(TCP).with_dht(None).with_reach(quick())).await;
+    let listen = first_addr(&node).await;
+    let mut events = node.events();
+    within("the dial", node.dial(server_addr)).await.unwrap();
+    // The server observes this node at its listen address (TCP dials reuse the listening
+    // port), dials it back, and the address is confirmed.
+    let addrs = wait_event(&mut events, "the reachability report", |e| match e {
+        Event::Reachability {
+            public: true,
+            addrs,
+        } => Some(addrs.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(addrs.contains(&listen), "{addrs:?} lacks {listen}");
+}

@@ -43,6 +43,15 @@ type Dcutr = libp2p::dcutr::Behaviour;
 #[cfg(not(feature = "relay"))]
 type Dcutr = libp2p::swarm::dummy::Behaviour;
 
+#[cfg(feature = "relay")]
+type AutonatClient = libp2p::autonat::v2::client::Behaviour;
+#[cfg(not(feature = "relay"))]
+type AutonatClient = libp2p::swarm::dummy::Behaviour;
+#[cfg(feature = "relay")]
+type AutonatServer = libp2p::autonat::v2::server::Behaviour;
+#[cfg(not(feature = "relay"))]
+type AutonatServer = libp2p::swarm::dummy::Behaviour;
+
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -59,6 +68,8 @@ pub(crate) struct Behaviour {
     pub(crate) relay_client: Toggle<RelayClient>,
     pub(crate) relay: Toggle<RelayServer>,
     pub(crate) dcutr: Toggle<Dcutr>,
+    pub(crate) autonat_client: Toggle<AutonatClient>,
+    pub(crate) autonat_server: Toggle<AutonatServer>,
 }
 
 impl Behaviour {
@@ -96,6 +107,8 @@ impl Behaviour {
             relay_client: Toggle::from(None),
             relay: Toggle::from(relay_server(config, local_peer_id)),
             dcutr: Toggle::from(dcutr(config, local_peer_id)),
+            autonat_client: Toggle::from(autonat_client(config)),
+            autonat_server: Toggle::from(autonat_server(config)),
         })
     }
 }
@@ -172,4 +185,30 @@ fn mdns(config: &NodeConfig, local_peer_id: PeerId) -> Result<Option<Mdns>, Node
 #[cfg(not(feature = "mdns"))]
 fn mdns(_: &NodeConfig, _: PeerId) -> Result<Option<Mdns>, NodeError> {
     Ok(None)
+}
+
+#[cfg(feature = "relay")]
+fn autonat_client(config: &NodeConfig) -> Option<AutonatClient> {
+    config.reach.autonat.then(|| {
+        AutonatClient::new(
+            rand::make_rng::<rand::rngs::StdRng>(),
+            libp2p::autonat::v2::client::Config::default()
+                .with_probe_interval(config.reach.autonat_probe_interval),
+        )
+    })
+}
+
+#[cfg(not(feature = "relay"))]
+fn autonat_client(_: &NodeConfig) -> Option<AutonatClient> {
+    None
+}
+
+#[cfg(feature = "relay")]
+fn autonat_server(config: &NodeConfig) -> Option<AutonatServer> {
+    config.reach.autonat.then(AutonatServer::default)
+}
+
+#[cfg(not(feature = "relay"))]
+fn autonat_server(_: &NodeConfig) -> Option<AutonatServer> {
+    None
 }

@@ -226,6 +226,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.on_relay_server(event),
             #[cfg(feature = "relay")]
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event),
+            #[cfg(feature = "relay")]
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(event)) => self.on_autonat(event),
+            #[cfg(feature = "relay")]
+            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+                self.on_external_addrs()
+            }
             #[cfg(feature = "pubsub")]
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
                 if let Some(gossipsub) = self.swarm.behaviour_mut().gossipsub.as_mut() {

@@ -30,6 +30,8 @@ pub(crate) struct ReachState {
     /// Where retry timers send [`Command::Relisten`]. Weak, so that the node still stops
     /// when its last handle is dropped.
     commands: mpsc::WeakSender<Command>,
+    /// The reachability last reported (`None`: nothing known yet).
+    reported: Option<(bool, Vec<Multiaddr>)>,
 }
 
 impl ReachState {
@@ -48,6 +50,7 @@ impl ReachState {
             allow_private_addrs: config.allow_private_addrs,
             retry_after: HashMap::new(),
             commands: commands.downgrade(),
+            reported: None,
         };
         state.on_listen_addr(swarm, first_addr);
         for relay in &config.reach.relays {
@@ -108,6 +111,36 @@ impl ReachState {
 }
 
 impl EventLoop {
+    /// An AutoNAT probe of one of this node's addresses ended.
+    pub(super) fn on_autonat(&mut self, event: libp2p::autonat::v2::client::Event) {
+        match &event.result {
+            Ok(()) => {
+                tracing::debug!(addr = %event.tested_addr, server = %event.server, "reachable")
+            }
+            Err(e) => {
+                tracing::debug!(addr = %event.tested_addr, server = %event.server, error = %e, "not reachable")
+            }
+        }
+        // A success confirms the address (the swarm reports it, and `on_external_addrs`
+        // runs); a failure with nothing confirmed means private.
+        if event.result.is_err() {
+            self.on_external_addrs();
+        }
+    }
+
+    /// The confirmed external addresses changed, or a probe failed: report the
+    /// reachability if it changed.
+    pub(super) fn on_external_addrs(&mut self) {
+        let addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        let now = (!addrs.is_empty(), addrs);
+        if self.reach.reported.as_ref() != Some(&now) {
+            self.reach.reported = Some(now.clone());
+            let (public, addrs) = now;
+            tracing::info!(public, addrs = ?addrs, "reachability");
+            self.emit(Event::Reachability { public, addrs });
+        }
+    }
+
     /// A listener through a relay closed: the reservation was refused or lost.
     pub(super) fn on_relay_listener_closed(&mut self, id: ListenerId, reason: String) {
         if let Some(relay) = self.reach.on_listener_closed(id) {

@@ -333,3 +333,52 @@ fn with_the_relay_down_a_natted_peer_is_refused_then_reached_once_it_is_back() {
         },
     );
 }
+
+#[test]
+fn autonat_tells_a_natted_node_it_is_private_and_a_public_one_it_is_public() {
+    in_netns(
+        "autonat_tells_a_natted_node_it_is_private_and_a_public_one_it_is_public",
+        || {
+            let mut bed = Bed::new(3).expect("test bed");
+            bed.put_behind_nat(2, Nat::PortPreserving)
+                .expect("NAT for host 2");
+            let server_listen = listen_addr(&Bed::ip(1), PORT, "tcp");
+            let mut server = start(&mut bed, 1, &["serve", "--listen", &server_listen]);
+            let ready = server
+                .line_starting("READY", Duration::from_secs(30))
+                .expect("the AutoNAT server is ready");
+            let server_addr = format!("{server_listen}/p2p/{}", text_field(&ready, "peer"));
+            // The first report of each node, or (`want`) the first with that finding.
+            let probe = |bed: &mut Bed, host: usize, ip: String, want: &str| {
+                let listen = listen_addr(&ip, PORT, "tcp");
+                let mut node = start(
+                    bed,
+                    host,
+                    &[
+                        "serve",
+                        "--listen",
+                        &listen,
+                        "--bootstrap",
+                        &server_addr,
+                        "--autonat-ms",
+                        "200",
+                    ],
+                );
+                let line = node
+                    .line_starting(want, Duration::from_secs(60))
+                    .expect("a reachability report");
+                (node, line)
+            };
+            let (_natted, private) = probe(&mut bed, 2, Bed::lan_ip(2), "REACHABILITY");
+            println!("FIGURE nat autonat behind a NAT: {private}");
+            assert_eq!(text_field(&private, "public"), "0", "{private}");
+            let (_public, public) = probe(&mut bed, 3, Bed::ip(3), "REACHABILITY public=1");
+            println!("FIGURE nat autonat public: {public}");
+            assert_eq!(text_field(&public, "public"), "1", "{public}");
+            assert!(
+                text_field(&public, "addrs").contains(&Bed::ip(3)),
+                "{public}"
+            );
+        },
+    );
+}

@@ -6,7 +6,9 @@
 //!     An echo server (and, with --dht, a DHT server with a persistent peer store at
 //!     --peers; with --relay-server, a relay for others). Prints `READY peer=ID addr=ADDR`;
 //!     with --relay (a relay's address with its /p2p id), it listens through that relay and
-//!     then prints `RELAYED addr=CIRCUIT`; then `CONNECTED n=N` every second.
+//!     then prints `RELAYED addr=CIRCUIT`; then `CONNECTED n=N` every second, and
+//!     `REACHABILITY public=0|1 addrs=A,B` whenever AutoNAT's finding changes
+//!     (`--autonat-ms` sets its probe interval).
 //! bednode call --listen ADDR --target ADDR --requests N [--concurrency C] [--retry]
 //!              [--timeout-ms T] [--relay-first ADDR] [--upgrade-wait-ms W] [--dial-once]
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
@@ -117,6 +119,10 @@ fn base_config(args: &Args) -> Result<NodeConfig, String> {
     if args.flag("relay-server") {
         reach = reach.with_relay_server(p2plane::RelayServerConfig::default());
     }
+    if let Some(ms) = args.get("autonat-ms") {
+        let ms = ms.parse().map_err(|e| format!("--autonat-ms: {e}"))?;
+        reach = reach.with_autonat_probe_interval(Duration::from_millis(ms));
+    }
     config = config.with_reach(reach);
     let mut limits = p2plane::Limits::default();
     limits.limit_loopback = args.flag("limit-loopback");
@@ -181,6 +187,19 @@ async fn serve(args: &Args) -> Result<(), String> {
         };
         println!("RELAYED addr={circuit}");
     }
+    // What AutoNAT finds, as it finds it.
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let Event::Reachability { public, addrs } = event {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                println!(
+                    "REACHABILITY public={} addrs={}",
+                    u8::from(public),
+                    addrs.join(",")
+                );
+            }
+        }
+    });
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let n = node.connected_peers().await.map_or(0, |p| p.len());
