@@ -59,7 +59,7 @@ struct Args {
     /// A peer to join through (repeat for more).
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<Multiaddr>,
-    /// A relay to listen through, when behind a NAT (its address ends in /p2p/<id>); the
+    /// A relay to listen through, when behind a NAT (its address ends in `/p2p/<id>`); the
     /// address others can join through is printed once the relay accepts.
     #[arg(long, value_name = "ADDR")]
     relay: Option<Multiaddr>,
