@@ -113,13 +113,7 @@ async fn a_node_behind_a_relay_is_reached_through_it_then_directly() {
         .await
         .unwrap();
     assert_eq!(peer, listener.local_peer_id());
-    let reply = within(
-        "a request over the relay",
-        dialer.client().request(peer, echo(1)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply, common::answer(&echo(1), peer));
+    ask_all(&dialer, peer, "a request over the relay", [echo(1)]).await;
 
     // Hole punching (DCUtR) opens a direct connection; requests keep being answered.
     let upgraded = wait_event(&mut dialer_events, "the direct upgrade", |e| match e {
@@ -189,13 +183,7 @@ async fn without_hole_punching_requests_go_through_the_relay_within_its_limits()
     let peer = within("the relayed dial", dialer.dial(circuit))
         .await
         .unwrap();
-    let reply = within(
-        "a request over the relay",
-        dialer.client().request(peer, echo(1)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply, common::answer(&echo(1), peer));
+    ask_all(&dialer, peer, "a request over the relay", [echo(1)]).await;
     // 1 KiB requests, one at a time, four times what a circuit may carry: the relay ends
     // the circuit once it has carried CIRCUIT_BYTES. What happens next depends on whether
     // the dialer still holds an address for the listener (it keeps no private addresses,

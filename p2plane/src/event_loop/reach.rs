@@ -30,8 +30,9 @@ pub(crate) struct ReachState {
     /// Where retry timers send [`Command::Relisten`]. Weak, so that the node still stops
     /// when its last handle is dropped.
     commands: mpsc::WeakSender<Command>,
-    /// The reachability last reported (`None`: nothing known yet).
-    reported: Option<(bool, Vec<Multiaddr>)>,
+    /// The confirmed external addresses last reported (`None`: nothing reported yet;
+    /// empty: not public).
+    reported: Option<Vec<Multiaddr>>,
 }
 
 impl ReachState {
@@ -132,10 +133,9 @@ impl EventLoop {
     /// reachability if it changed.
     pub(super) fn on_external_addrs(&mut self) {
         let addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
-        let now = (!addrs.is_empty(), addrs);
-        if self.reach.reported.as_ref() != Some(&now) {
-            self.reach.reported = Some(now.clone());
-            let (public, addrs) = now;
+        if self.reach.reported.as_ref() != Some(&addrs) {
+            self.reach.reported = Some(addrs.clone());
+            let public = !addrs.is_empty();
             tracing::info!(public, addrs = ?addrs, "reachability");
             self.emit(Event::Reachability { public, addrs });
         }
