@@ -75,7 +75,7 @@ fn subnet(ip: IpAddr) -> IpAddr {
 fn source_ip(addr: &Multiaddr) -> Option<IpAddr> {
     // A relayed connection's address starts with the relay's IP, not the peer's: it is not
     // charged to the relay (the relay bounds its circuits per peer and per IP itself).
-    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+    if crate::is_relayed(addr) {
         return None;
     }
     match addr.iter().next()? {

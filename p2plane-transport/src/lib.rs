@@ -33,3 +33,20 @@ pub use libp2p;
 #[cfg(feature = "relay")]
 pub use swarm::build_swarm_with_relay_client;
 pub use swarm::{Limits, TransportConfig, TransportError, build_swarm};
+
+use libp2p::{Multiaddr, multiaddr::Protocol};
+
+/// Whether `addr` goes through a relay (holds `/p2p-circuit`): a relayed connection's
+/// address names the relay, and its circuit is limited in time and bytes.
+///
+/// ```
+/// let relayed: libp2p::Multiaddr =
+///     "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq/p2p-circuit"
+///         .parse()?;
+/// assert!(p2plane_transport::is_relayed(&relayed));
+/// assert!(!p2plane_transport::is_relayed(&"/ip4/203.0.113.7/tcp/4001".parse()?));
+/// # Ok::<(), libp2p::multiaddr::Error>(())
+/// ```
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}

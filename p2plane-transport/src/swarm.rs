@@ -30,7 +30,10 @@ pub struct TransportConfig {
     /// How long a connection with no open streams stays up. Default 60 s.
     pub idle_connection_timeout: Duration,
     /// The deadline for setting up a connection (transport, security, multiplexer).
-    /// Default 10 s.
+    /// Default 8 s: under the 10 s an AutoNAT v2 server (libp2p-autonat 0.16, fixed) gives
+    /// a probe, so that a dial back to an address behind a NAT that drops it fails in time
+    /// to be reported as unreachable. With 10 s the two deadlines raced, and a node behind
+    /// a NAT was sometimes never told it is private.
     pub connection_timeout: Duration,
     /// Negotiate outbound streams optimistically (multistream-select `V1Lazy`): the first
     /// bytes of a request go out with the protocol proposal instead of a round trip later.
@@ -42,7 +45,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         Self {
             idle_connection_timeout: Duration::from_secs(60),
-            connection_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(8),
             lazy_negotiation: true,
         }
     }

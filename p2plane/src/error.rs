@@ -41,6 +41,16 @@ pub enum NodeError {
     /// The pub/sub settings were refused.
     #[error("pub/sub configuration: {0}")]
     Pubsub(String),
+    #[cfg(feature = "relay")]
+    /// A relay in [`ReachConfig::relays`](crate::ReachConfig::relays) cannot be listened
+    /// through.
+    #[error("relay {addr}: {reason}")]
+    Relay {
+        /// The relay's address as configured.
+        addr: Multiaddr,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The node has shut down.
     #[error("the node has shut down")]
     Shutdown,

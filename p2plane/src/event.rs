@@ -51,7 +51,8 @@ pub enum Event {
     Reachability {
         /// Whether peers can dial this node.
         public: bool,
-        /// The confirmed external addresses (empty when not public).
+        /// The confirmed direct external addresses (empty when not public). Addresses
+        /// through a relay are not among them: they make a node reachable, not public.
         addrs: Vec<Multiaddr>,
     },
     /// A relay accepted this node's reservation: peers can reach it through the relay, at
@@ -69,7 +70,9 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// A relayed connection to a peer was upgraded to a direct one by hole punching
+    /// A peer this node was connected to only through relays now has a direct connection
+    /// too: by hole punching, or by a dial either way (an AutoNAT dial back, a dial of an
+    /// address learned meanwhile). New streams to it open on the direct connection
     /// (feature `relay`).
     DirectUpgrade {
         /// The peer.

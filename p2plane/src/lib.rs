@@ -85,6 +85,8 @@ pub mod layer;
 mod metrics;
 mod node;
 mod node_state;
+#[cfg(feature = "relay")]
+mod observed;
 mod peer_table;
 #[cfg(feature = "pubsub")]
 pub mod pubsub;

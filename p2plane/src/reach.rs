@@ -39,8 +39,18 @@ use p2plane_core::Multiaddr;
 pub struct ReachConfig {
     /// Relays to reserve a slot on and listen through, each with its `/p2p/<id>`. A relay
     /// that refuses, cannot be reached or goes away is asked again after a wait (1 s,
-    /// doubling to 60 s). Default none.
+    /// doubling to 60 s). Default none (see also [`ReachConfig::auto_relays`]).
     pub relays: Vec<Multiaddr>,
+    /// Relays to choose among connected peers while this node is private: once AutoNAT
+    /// finds no address of this node that peers can dial, it listens through up to this
+    /// many connected peers that offer the relay service (identify lists the circuit relay
+    /// v2 hop protocol), besides [`ReachConfig::relays`]. A chosen relay that refuses or
+    /// goes away is replaced by another candidate. AutoNAT finds a node private once a
+    /// peer's dial back fails, which takes the transport's
+    /// [`connection_timeout`](crate::TransportConfig::connection_timeout) (8 s by default)
+    /// behind a NAT that drops it. A node found public later keeps the relays it chose.
+    /// Default 2; 0 turns it off.
+    pub auto_relays: usize,
     /// Upgrade relayed connections to direct ones by hole punching (DCUtR). Default on.
     pub hole_punching: bool,
     /// Serve as a relay for other peers. Default `None` (off).
@@ -58,6 +68,7 @@ impl Default for ReachConfig {
     fn default() -> Self {
         Self {
             relays: Vec::new(),
+            auto_relays: 2,
             hole_punching: true,
             relay_server: None,
             autonat: true,
@@ -67,9 +78,39 @@ impl Default for ReachConfig {
 }
 
 impl ReachConfig {
-    /// Adds a relay to listen through (its address must end in `/p2p/<relay id>`).
+    /// Adds a relay to listen through (its address must end in `/p2p/<relay id>`; `Node::new`
+    /// refuses it otherwise, with [`NodeError::Relay`](crate::NodeError::Relay)).
     pub fn with_relay(mut self, addr: Multiaddr) -> Self {
         self.relays.push(addr);
+        self
+    }
+
+    /// Checks that each relay can be listened through: a direct address that ends in
+    /// `/p2p/<relay id>` (the relay client must know whom it reserves on).
+    pub(crate) fn check(&self) -> Result<(), crate::NodeError> {
+        for addr in &self.relays {
+            let refuse = |reason| {
+                Err(crate::NodeError::Relay {
+                    addr: addr.clone(),
+                    reason,
+                })
+            };
+            if p2plane_transport::is_relayed(addr) {
+                return refuse("a relay's address cannot itself go through a relay");
+            }
+            if !matches!(
+                addr.iter().last(),
+                Some(libp2p::multiaddr::Protocol::P2p(_))
+            ) {
+                return refuse("the address must end in /p2p/<the relay's peer id>");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets how many relays to choose among connected peers while private (0: none).
+    pub fn with_auto_relays(mut self, n: usize) -> Self {
+        self.auto_relays = n;
         self
     }
 

@@ -99,6 +99,54 @@ async fn the_endpoint_serves_counters_that_move() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
 
+/// A relay counts the reservations and circuits it serves (libp2p's relay metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_counts_its_reservations() {
+    use p2plane::{Event, ReachConfig, RelayServerConfig, transport::libp2p::multiaddr::Protocol};
+    let relay = echo_node(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_metrics("127.0.0.1:0".parse().unwrap())
+            .with_reach(ReachConfig::default().with_relay_server(RelayServerConfig::default())),
+    )
+    .await;
+    let relay_addr = first_addr(&relay)
+        .await
+        .with(Protocol::P2p(relay.local_peer_id()));
+    let accepted = "libp2p_relay_events_total{event=\"ReservationReqAccepted\"}";
+    let metrics = relay.metrics_addr().expect("metrics on");
+    let (_, before) = get(metrics, "/metrics").await;
+    assert_eq!(sample(&before, accepted), None, "{before}");
+    let listener = p2plane::Node::<Echo>::new(
+        config(TCP)
+            .with_private_addrs(true)
+            .with_reach(ReachConfig::default().with_relay(relay_addr)),
+    )
+    .await
+    .unwrap();
+    let mut events = listener.events();
+    let relayed = |addrs: Vec<p2plane::Multiaddr>| addrs.iter().any(p2plane::transport::is_relayed);
+    if !relayed(listener.listen_addrs().await.unwrap()) {
+        common::wait_event(&mut events, "the reservation", |e| {
+            matches!(e, Event::RelayReservation { .. }).then_some(())
+        })
+        .await;
+    }
+    // The relay counts the reservation when its event loop takes the event, which may come
+    // just after the listener hears the answer.
+    let after = common::within("the counted reservation", async {
+        loop {
+            let (_, after) = get(metrics, "/metrics").await;
+            if sample(&after, accepted).is_some() {
+                return after;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(sample(&after, accepted), Some(1.0), "{after}");
+}
+
 #[tokio::test]
 async fn without_the_setting_nothing_is_served() {
     let node = echo_node(config(TCP)).await;

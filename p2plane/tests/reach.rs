@@ -11,9 +11,7 @@ use p2plane::{
     transport::libp2p::multiaddr::Protocol,
 };
 
-fn relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
-}
+use p2plane::transport::is_relayed as relayed;
 
 /// The node's listen address through its relay, once the relay has accepted it.
 async fn circuit_addr(node: &Node<common::Echo>) -> Multiaddr {
@@ -158,31 +156,48 @@ async fn requests_are_answered_over_websocket() {
     ask_all(&client, peer, "a request over WebSocket", (0..50).map(echo)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_hole_punching_requests_go_through_the_relay_within_its_limits() {
-    let (_relay, relay_addr) = relay().await;
+/// A relay, a listener behind it and a dialer connected to the listener through the relay,
+/// neither trying to hole-punch; `private_addrs`: whether they keep private (here: loopback)
+/// addresses. Returns the nodes, the listener's id and the dialer's events from before the
+/// dial.
+async fn relayed_pair(
+    private_addrs: bool,
+) -> (
+    Node<common::Echo>,
+    Node<common::Echo>,
+    Node<common::Echo>,
+    PeerId,
+    p2plane::Events,
+) {
+    let (relay, relay_addr) = relay().await;
     let no_punch = || ReachConfig::default().with_hole_punching(false);
-    // Neither end keeps private addresses: neither can learn the other's loopback address
-    // and dial it directly, so the circuit is the only path, as behind NATs.
     let listener = echo_node(
         config(TCP)
-            .with_private_addrs(false)
+            .with_private_addrs(private_addrs)
             .with_dht(None)
-            .with_reach(no_punch().with_relay(relay_addr.clone())),
+            .with_reach(no_punch().with_relay(relay_addr)),
     )
     .await;
     let circuit = circuit_addr(&listener).await;
     let dialer = echo_node(
         config(TCP)
-            .with_private_addrs(false)
+            .with_private_addrs(private_addrs)
             .with_dht(None)
             .with_reach(no_punch()),
     )
     .await;
-    let mut dialer_events = dialer.events();
+    let events = dialer.events();
     let peer = within("the relayed dial", dialer.dial(circuit))
         .await
         .unwrap();
+    (relay, listener, dialer, peer, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hole_punching_requests_go_through_the_relay_within_its_limits() {
+    // Neither end keeps private addresses: neither can learn the other's loopback address
+    // and dial it directly, so the circuit is the only path, as behind NATs.
+    let (_relay, _listener, dialer, peer, mut dialer_events) = relayed_pair(false).await;
     ask_all(&dialer, peer, "a request over the relay", [echo(1)]).await;
     // 1 KiB requests, one at a time, four times what a circuit may carry: the relay ends
     // the circuit once it has carried CIRCUIT_BYTES. What happens next depends on whether
@@ -219,6 +234,93 @@ async fn without_hole_punching_requests_go_through_the_relay_within_its_limits()
         "the relay never cut the circuit ({answered} KiB answered)"
     );
     assert!(answered >= 4, "{answered} answered, {failed} failed");
+}
+
+/// A relay that ends a circuit after [`CIRCUIT_BYTES`] cuts the connection under requests
+/// in flight: with the retry layer, each of them is sent again (on a new connection) and
+/// answered. None is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_with_their_relayed_connection_are_retried_and_answered() {
+    use futures::StreamExt as _;
+    use p2plane::{
+        Request, RetryLayer, RetryPolicy,
+        tower::{ServiceBuilder, ServiceExt as _},
+    };
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+
+    let (_relay, _listener, dialer, peer, mut events) = relayed_pair(true).await;
+    // Every attempt that leaves the retry layer is counted.
+    let attempts = Arc::new(AtomicU64::new(0));
+    let counted = {
+        let attempts = Arc::clone(&attempts);
+        move |req: Request<common::Echo>| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            req
+        }
+    };
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::exponential(5)
+                .with_base_delay(std::time::Duration::from_millis(20))
+                .without_budget(),
+        ))
+        .map_request(counted)
+        .service(dialer.client());
+    // Four times what the circuit carries, eight requests always in flight.
+    let requests = 4 * CIRCUIT_BYTES / 1024;
+    let replies: Vec<_> = within(
+        "requests across the cut",
+        futures::stream::iter(0..requests)
+            .map(|seq| {
+                let client = client.clone();
+                async move {
+                    let request = kib(seq);
+                    let reply = client.oneshot(Request::new(peer, request.clone())).await;
+                    (request, reply)
+                }
+            })
+            .buffer_unordered(8)
+            .collect(),
+    )
+    .await;
+    for (request, reply) in replies {
+        let reply = reply.unwrap_or_else(|e| panic!("request {} lost: {e}", request.seq));
+        assert_eq!(reply, common::answer(&request, peer));
+    }
+    let mut cut = false;
+    while let Some(Some(event)) = futures::FutureExt::now_or_never(events.next()) {
+        cut |= matches!(event, Event::PeerDisconnected { peer: p } if p == peer);
+    }
+    let sent = attempts.load(Ordering::Relaxed);
+    assert!(cut, "the relay never cut the circuit");
+    assert!(
+        sent > requests,
+        "no request was in flight when the circuit was cut ({sent} attempts)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_address_without_its_peer_id_is_refused() {
+    let refused = |addr: &str| {
+        let addr: Multiaddr = addr.parse().unwrap();
+        let config = config(TCP).with_reach(ReachConfig::default().with_relay(addr.clone()));
+        async move {
+            match Node::<common::Echo>::new(config).await {
+                Err(p2plane::NodeError::Relay { addr: refused, .. }) => assert_eq!(refused, addr),
+                Err(e) => panic!("{addr}: the wrong error: {e}"),
+                Ok(_) => panic!("{addr}: the node started"),
+            }
+        }
+    };
+    refused("/ip4/127.0.0.1/tcp/4001").await;
+    refused(
+        "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq\
+         /p2p-circuit/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

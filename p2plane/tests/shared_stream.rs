@@ -357,3 +357,58 @@ async fn an_outbound_shared_stream_carries_at_most_1024_requests_at_once() {
     assert!(replies.iter().all(Result::is_ok));
     assert_eq!(*arrived.borrow(), SENT as usize);
 }
+
+/// A connection lost under a request the server has read is no clean close of the shared
+/// stream: the request fails with `ConnectionClosed` (the remote may have acted) and is not
+/// sent again behind the caller's back. Over yamux a lost connection reads like a server's
+/// close; before the fix the call went round on a new stream: it failed with a dial error
+/// (which says the server never saw it) or, when the peer could be dialled again, the handler
+/// ran it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_with_its_connection_fails_and_is_not_sent_again() {
+    let server = Node::<Echo>::new(config(TCP)).await.unwrap();
+    let me = server.local_peer_id();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (s, a) = (seen.clone(), arrived.clone());
+    server
+        .serve(p2plane::service_fn(move |req: p2plane::Request<Echo>| {
+            let (seen, arrived) = (s.clone(), a.clone());
+            async move {
+                if req.body().text == "hold" {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    arrived.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::convert::Infallible>(answer(req.body(), me))
+            }
+        }))
+        .unwrap();
+    let client = Node::<Echo>::new(config(TCP)).await.unwrap();
+    let peer = within("dial", client.dial(first_addr(&server).await))
+        .await
+        .unwrap();
+    let c = client.client();
+    // Open the shared stream first, so that the held request travels on it.
+    within("a first request", c.request(peer, echo(0)))
+        .await
+        .unwrap();
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.request(
+                peer,
+                Echo {
+                    seq: 1,
+                    text: "hold".to_owned(),
+                },
+            )
+            .await
+        }
+    });
+    within("the held request at the server", arrived.notified()).await;
+    assert!(server.disconnect(client.local_peer_id()).await.unwrap());
+    let outcome = within("the held request's outcome", held).await.unwrap();
+    assert_eq!(outcome, Err(p2plane::Error::ConnectionClosed { peer }));
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the request ran twice");
+}

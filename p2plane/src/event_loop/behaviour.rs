@@ -43,6 +43,12 @@ type Dcutr = libp2p::dcutr::Behaviour;
 #[cfg(not(feature = "relay"))]
 type Dcutr = libp2p::swarm::dummy::Behaviour;
 
+// Over relayed connections, what peers observe of this node is the relay's address.
+#[cfg(feature = "relay")]
+type Identify = crate::observed::DirectObservations<Delayed<identify::Behaviour>>;
+#[cfg(not(feature = "relay"))]
+type Identify = Delayed<identify::Behaviour>;
+
 #[cfg(feature = "relay")]
 type AutonatClient = libp2p::autonat::v2::client::Behaviour;
 #[cfg(not(feature = "relay"))]
@@ -59,7 +65,7 @@ pub(crate) struct Behaviour {
     pub(crate) gate: Gate,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) streams: streams::Behaviour,
-    pub(crate) identify: Delayed<identify::Behaviour>,
+    pub(crate) identify: Identify,
     pub(crate) ping: Delayed<ping::Behaviour>,
     pub(crate) kad: Toggle<Kad>,
     pub(crate) gossipsub: Toggle<Gossipsub>,
@@ -86,13 +92,7 @@ impl Behaviour {
             gate,
             limits: config.limits.behaviour(),
             streams,
-            identify: Delayed::new(
-                identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), keypair.public())
-                        .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                config.identify_delay,
-            ),
+            identify: identify_behaviour(config, keypair),
             ping: Delayed::new(
                 ping::Behaviour::new(
                     ping::Config::new()
@@ -111,6 +111,19 @@ impl Behaviour {
             autonat_server: Toggle::from(autonat_server(config)),
         })
     }
+}
+
+fn identify_behaviour(config: &NodeConfig, keypair: &Keypair) -> Identify {
+    let identify = Delayed::new(
+        identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), keypair.public())
+                .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        config.identify_delay,
+    );
+    #[cfg(feature = "relay")]
+    let identify = crate::observed::DirectObservations::new(identify);
+    identify
 }
 
 #[cfg(feature = "relay")]

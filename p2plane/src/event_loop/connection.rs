@@ -36,6 +36,8 @@ impl EventLoop {
                 self.remember(peer, addr.clone());
             }
         }
+        #[cfg(feature = "relay")]
+        self.on_connected_reach(peer, endpoint);
         if established == 1 {
             tracing::debug!(%peer, "connected");
             self.emit(Event::PeerConnected {
@@ -50,6 +52,8 @@ impl EventLoop {
     pub(super) fn on_disconnected(&mut self, peer: PeerId) {
         self.peers.remove(&peer);
         self.shared_streams.forget(&peer);
+        #[cfg(feature = "relay")]
+        self.on_disconnected_reach(&peer);
         tracing::debug!(%peer, "disconnected");
         self.emit(Event::PeerDisconnected { peer });
     }
@@ -68,7 +72,11 @@ impl EventLoop {
             error,
             DialError::Denied { .. } | DialError::DialPeerConditionFalse(_) | DialError::Aborted
         );
-        if let (Some(peer), true) = (peer, attempted) {
+        // Nor does a failed dial of a peer we are connected to (a hole punch, a direct dial
+        // of a peer reached through a relay): it must not hold back the next dial.
+        if let (Some(peer), true) = (peer, attempted)
+            && !self.swarm.is_connected(&peer)
+        {
             self.store.record_outcome(peer, DialOutcome::Failure);
         }
         if let Some(reply) = self.pending_dials.remove(&connection) {

@@ -19,6 +19,8 @@ impl EventLoop {
             return;
         };
         tracing::trace!(%peer, agent = %info.agent_version, "identified");
+        #[cfg(feature = "relay")]
+        self.on_identified_reach(peer, &info);
         let protocols: Vec<String> = info.protocols.iter().map(ToString::to_string).collect();
         self.peers.set(peer, protocols.clone());
         self.store.set_protocols(peer, protocols.clone());

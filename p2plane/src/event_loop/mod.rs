@@ -193,9 +193,17 @@ impl EventLoop {
             } => self.on_connected(peer_id, connection_id, &endpoint, num_established.get()),
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
+                #[cfg(feature = "relay")]
+                endpoint,
                 ..
-            } => self.on_disconnected(peer_id),
+            } => {
+                #[cfg(feature = "relay")]
+                self.reach.on_connection_closed(peer_id, &endpoint);
+                if num_established == 0 {
+                    self.on_disconnected(peer_id);
+                }
+            }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 peer_id,

@@ -1,9 +1,17 @@
 //! Relays and hole punching: reservations on relays, circuits served, direct upgrades.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use libp2p::{
-    Multiaddr, PeerId, Swarm, core::transport::ListenerId, dcutr, multiaddr::Protocol, relay,
+    Multiaddr, PeerId, Swarm,
+    core::{ConnectedPoint, transport::ListenerId},
+    dcutr,
+    multiaddr::Protocol,
+    relay,
+    swarm::dial_opts::{DialOpts, PeerCondition},
 };
 use tokio::sync::mpsc;
 
@@ -14,12 +22,38 @@ use crate::{NodeConfig, command::Command, error::error_chain, event::Event, gate
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between attempts (the wait doubles from `FIRST_RETRY`).
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Connected peers remembered as relays this node could choose.
+const MAX_CANDIDATES: usize = 32;
+
+/// A peer's connections, relayed and direct, and the direct addresses it announced.
+#[derive(Default)]
+struct Links {
+    relayed: u32,
+    direct: u32,
+    /// The peer's direct listen addresses (identify), at most [`MAX_LISTEN_ADDRS`]: where to
+    /// dial it when hole punching fails.
+    addrs: Vec<Multiaddr>,
+}
+
+/// Direct addresses kept per peer.
+const MAX_LISTEN_ADDRS: usize = 8;
 
 /// The loop's side of reach: the listeners through relays, and whether this node serves
 /// as a relay.
 pub(crate) struct ReachState {
-    /// Listeners through a relay, with the relay's address.
+    /// Listeners through a configured relay, with the relay's address.
     relay_listeners: HashMap<ListenerId, Multiaddr>,
+    /// How many relays to choose among connected peers while private.
+    auto_relays: usize,
+    /// Connected peers that offer the relay service, with an address to reach them at
+    /// (ending in their `/p2p/<id>`); at most [`MAX_CANDIDATES`], ordered by id so that
+    /// the choice does not depend on a hash seed.
+    candidates: BTreeMap<PeerId, Multiaddr>,
+    /// Listeners through relays chosen among the candidates.
+    auto_listeners: HashMap<ListenerId, PeerId>,
+    /// For each connected peer, how many of its connections are relayed and how many
+    /// direct.
+    links: HashMap<PeerId, Links>,
     /// A relay announces its own listen addresses: libp2p's relay service refuses
     /// reservations until the node has a confirmed external address.
     announce_listen_addrs: bool,
@@ -47,6 +81,10 @@ impl ReachState {
     ) -> Self {
         let mut state = Self {
             relay_listeners: HashMap::new(),
+            auto_relays: config.reach.auto_relays,
+            candidates: BTreeMap::new(),
+            auto_listeners: HashMap::new(),
+            links: HashMap::new(),
             announce_listen_addrs: config.reach.relay_server.is_some(),
             allow_private_addrs: config.allow_private_addrs,
             retry_after: HashMap::new(),
@@ -98,16 +136,112 @@ impl ReachState {
 
     /// A new listen address: a relay announces it as an external address.
     pub(crate) fn on_listen_addr(&self, swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
-        let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
-        if self.announce_listen_addrs && !relayed && (self.allow_private_addrs || !is_private(addr))
+        if self.announce_listen_addrs
+            && !p2plane_transport::is_relayed(addr)
+            && (self.allow_private_addrs || !is_private(addr))
         {
             swarm.add_external_address(addr.clone());
         }
     }
 
-    /// A listener closed: when it listened through a relay, the relay to report.
-    pub(crate) fn on_listener_closed(&mut self, id: ListenerId) -> Option<Multiaddr> {
-        self.relay_listeners.remove(&id)
+    /// Whether AutoNAT has found that this node cannot be dialled (it reported no
+    /// confirmed address).
+    fn is_private(&self) -> bool {
+        self.reported.as_ref().is_some_and(Vec::is_empty)
+    }
+
+    /// A peer identified itself: when it offers the relay service at an address this node
+    /// may dial, it becomes a candidate relay. Returns whether it did.
+    fn on_identified(&mut self, peer: PeerId, info: &libp2p::identify::Info) -> bool {
+        if self.auto_relays == 0 || !info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            return false;
+        }
+        if self.candidates.len() >= MAX_CANDIDATES && !self.candidates.contains_key(&peer) {
+            return false;
+        }
+        let usable = |addr: &&Multiaddr| {
+            !p2plane_transport::is_relayed(addr) && (self.allow_private_addrs || !is_private(addr))
+        };
+        let Some(addr) = info.listen_addrs.iter().find(usable) else {
+            return false;
+        };
+        let addr = addr.clone().with_p2p(peer).unwrap_or_else(|addr| addr);
+        self.candidates.insert(peer, addr);
+        true
+    }
+
+    /// While private, listens through candidates until
+    /// [`auto_relays`](crate::ReachConfig::auto_relays) relays are chosen.
+    ///
+    /// A node found public later keeps the relays it chose: closing a listener while the
+    /// relay's answer to a reservation (or a renewal) is on its way panics libp2p-relay's
+    /// client (0.22: "Relay connection exist"; seen on the NAT test bed when a first
+    /// AutoNAT probe of a public node failed and a later one succeeded).
+    fn choose_relays(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if !self.is_private() {
+            return;
+        }
+        let configured: Vec<PeerId> = self
+            .relay_listeners
+            .values()
+            .filter_map(|addr| match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => Some(peer),
+                _ => None,
+            })
+            .collect();
+        while self.auto_listeners.len() < self.auto_relays {
+            let chosen = self.candidates.iter().find(|(peer, _)| {
+                !configured.contains(peer) && !self.auto_listeners.values().any(|p| p == *peer)
+            });
+            let Some((&peer, addr)) = chosen else {
+                return;
+            };
+            let circuit = addr.clone().with(Protocol::P2pCircuit);
+            match swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    tracing::info!(%circuit, "private: listening through a relay among the peers");
+                    self.auto_listeners.insert(id, peer);
+                }
+                Err(e) => {
+                    tracing::debug!(%circuit, error = %error_chain(&e), "cannot listen through relay");
+                    self.candidates.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// A peer disconnected: it is no longer a candidate (a listener through it closes by
+    /// itself).
+    fn on_disconnected(&mut self, peer: &PeerId) {
+        self.candidates.remove(peer);
+    }
+
+    /// Counts a new connection; returns whether it is the first direct one to a peer that
+    /// had only relayed ones.
+    fn on_connected(&mut self, peer: PeerId, endpoint: &ConnectedPoint) -> bool {
+        let links = self.links.entry(peer).or_default();
+        if endpoint.is_relayed() {
+            links.relayed += 1;
+            false
+        } else {
+            links.direct += 1;
+            links.direct == 1 && links.relayed > 0
+        }
+    }
+
+    /// Counts a closed connection.
+    pub(crate) fn on_connection_closed(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        if let Some(links) = self.links.get_mut(&peer) {
+            let count = if endpoint.is_relayed() {
+                &mut links.relayed
+            } else {
+                &mut links.direct
+            };
+            *count = count.saturating_sub(1);
+            if links.relayed == 0 && links.direct == 0 {
+                self.links.remove(&peer);
+            }
+        }
     }
 }
 
@@ -132,21 +266,93 @@ impl EventLoop {
     /// The confirmed external addresses changed, or a probe failed: report the
     /// reachability if it changed.
     pub(super) fn on_external_addrs(&mut self) {
-        let addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        // The relay client confirms its circuit addresses itself; they say nothing about
+        // whether this node can be dialled directly.
+        let addrs: Vec<Multiaddr> = self
+            .swarm
+            .external_addresses()
+            .filter(|a| !p2plane_transport::is_relayed(a))
+            .cloned()
+            .collect();
         if self.reach.reported.as_ref() != Some(&addrs) {
             self.reach.reported = Some(addrs.clone());
+            self.reach.choose_relays(&mut self.swarm);
             let public = !addrs.is_empty();
             tracing::info!(public, addrs = ?addrs, "reachability");
             self.emit(Event::Reachability { public, addrs });
         }
     }
 
-    /// A listener through a relay closed: the reservation was refused or lost.
+    /// A listener through a relay closed: the reservation was refused or lost. A
+    /// configured relay is asked again later; one chosen among the peers is dropped for
+    /// another.
     pub(super) fn on_relay_listener_closed(&mut self, id: ListenerId, reason: String) {
-        if let Some(relay) = self.reach.on_listener_closed(id) {
+        if let Some(relay) = self.reach.relay_listeners.remove(&id) {
             tracing::warn!(%relay, %reason, "listening through the relay ended; will retry");
             self.reach.retry_later(relay.clone());
             self.emit(Event::RelayReservationFailed { relay, reason });
+        } else if let Some(peer) = self.reach.auto_listeners.remove(&id) {
+            tracing::info!(relay = %peer, %reason, "listening through the relay ended");
+            if let Some(relay) = self.reach.candidates.remove(&peer) {
+                self.emit(Event::RelayReservationFailed { relay, reason });
+            }
+            self.reach.choose_relays(&mut self.swarm);
+        }
+    }
+
+    /// A peer identified itself: it may offer the relay service this node needs.
+    pub(super) fn on_identified_reach(&mut self, peer: PeerId, info: &libp2p::identify::Info) {
+        if let Some(links) = self.reach.links.get_mut(&peer) {
+            let allow_private = self.reach.allow_private_addrs;
+            links.addrs = info
+                .listen_addrs
+                .iter()
+                .filter(|a| !p2plane_transport::is_relayed(a) && (allow_private || !is_private(a)))
+                .take(MAX_LISTEN_ADDRS)
+                .cloned()
+                .collect();
+        }
+        if self.reach.on_identified(peer, info) {
+            self.reach.choose_relays(&mut self.swarm);
+        }
+    }
+
+    /// Hole punching to `peer` failed: when it announced direct addresses, dial them once,
+    /// from a new port. A peer with a public address is reached so (DCUtR's TCP punch can
+    /// stall there: when the NATed side's SYN arrives before the public side has dialled,
+    /// the public side accepts it on its listener and both ends wait as responders until the
+    /// handshake times out); behind a NAT that filters, the dial fails and nothing changes.
+    fn dial_direct_after_failed_punch(&mut self, peer: PeerId) {
+        let Some(links) = self.reach.links.get(&peer) else {
+            return;
+        };
+        if links.direct > 0 || links.addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(links.addrs.clone())
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %error_chain(&e), "direct dial after a failed hole punch");
+        }
+    }
+
+    /// A peer's last connection closed.
+    pub(super) fn on_disconnected_reach(&mut self, peer: &PeerId) {
+        self.reach.on_disconnected(peer);
+    }
+
+    /// A connection was established: the first direct one to a peer reached only through
+    /// relays so far is a direct upgrade, however it came about.
+    pub(super) fn on_connected_reach(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        if self.reach.on_connected(peer, endpoint) {
+            tracing::debug!(%peer, "direct connection to a peer reached through a relay");
+            // New requests open their shared streams anew, on the direct connection
+            // (streams prefer it); what is in flight finishes on the relayed one.
+            self.shared_streams.forget(&peer);
+            self.emit(Event::DirectUpgrade { peer });
         }
     }
 
@@ -181,15 +387,11 @@ impl EventLoop {
     pub(super) fn on_dcutr(&mut self, event: dcutr::Event) {
         let peer = event.remote_peer_id;
         match event.result {
-            Ok(_) => {
-                tracing::debug!(%peer, "direct connection by hole punching");
-                // New requests open their shared streams anew, on the direct connection
-                // (streams prefer it); what is in flight finishes on the relayed one.
-                self.shared_streams.forget(&peer);
-                self.emit(Event::DirectUpgrade { peer });
-            }
+            // The direct connection's establishment reported the upgrade.
+            Ok(_) => tracing::debug!(%peer, "direct connection by hole punching"),
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "hole punch failed");
+                self.dial_direct_after_failed_punch(peer);
                 self.emit(Event::DirectUpgradeFailed {
                     peer,
                     reason: error_chain(&e),

@@ -33,6 +33,8 @@ impl EventLoop {
     /// knows and its bootstrap address, starts the metrics endpoint, and spawns the event
     /// loop. Returns what the node's handles share.
     pub(crate) async fn start(config: NodeConfig) -> Result<NodeState, NodeError> {
+        #[cfg(feature = "relay")]
+        config.reach.check()?;
         let keypair = match &config.identity {
             Identity::Generate => identity::generate(),
             Identity::KeyFile(path) => identity::load_or_create(path)?,

@@ -307,6 +307,7 @@ async fn drive(
         let (reader, mut writer) = stream.split();
         let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER, reader);
         let stream_error = |e: io::Error| map_stream_error(e, peer, &protocol);
+        // The writer's errors stay raw until the end is known (see `server_closed`).
         let write = async {
             let mut batch = Vec::with_capacity(BATCH);
             let mut held = Vec::new();
@@ -326,39 +327,47 @@ async fn drive(
                 if first.frame.payload().len() >= BATCH {
                     // A large body goes out as it is, without a copy into the batch.
                     let head = first.frame.head_with_id(first.id);
-                    writer
-                        .write_all(head.as_bytes())
-                        .await
-                        .map_err(stream_error)?;
-                    writer
-                        .write_all(first.frame.payload())
-                        .await
-                        .map_err(stream_error)?;
-                    writer.flush().await.map_err(stream_error)?;
+                    writer.write_all(head.as_bytes()).await?;
+                    writer.write_all(first.frame.payload()).await?;
+                    writer.flush().await?;
                     continue;
                 }
                 gather(&mut batch, first, &mut frames, &mut held);
                 held.clear();
-                writer.write_all(&batch).await.map_err(stream_error)?;
-                writer.flush().await.map_err(stream_error)?;
+                writer.write_all(&batch).await?;
+                writer.flush().await?;
             }
         };
         let read = read_responses(&mut reader, &pending, peer, limit, stream_error);
-        futures::pin_mut!(write, read);
-        match future::select(write, read).await {
-            future::Either::Left((Ok(()), _)) => Ok(None),
-            // A refused protocol can reach the writer as a reset before the reader has seen
-            // the refusal; the reader knows the precise cause.
-            future::Either::Left((Err(write_error), read)) => {
-                match tokio::time::timeout(Duration::from_secs(1), read).await {
-                    Ok(Err(e @ Error::UnsupportedProtocol { .. })) => Err(e),
-                    // The server closed between frames just as we wrote: it read nothing
-                    // more of ours.
-                    Ok(Ok(())) => Ok(Some(Closed)),
-                    _ => Err(write_error),
+        // `Ok(None)`: we idled out; `Ok(Some(write error))`: the stream read to a clean end,
+        // after a failed write if there is one.
+        let end: Result<Option<Option<io::Error>>, Error> = {
+            futures::pin_mut!(write, read);
+            match future::select(write, read).await {
+                future::Either::Left((Ok(()), _)) => Ok(None),
+                // A refused protocol can reach the writer as a reset before the reader has
+                // seen the refusal; the reader knows the precise cause.
+                future::Either::Left((Err(write_error), read)) => {
+                    match tokio::time::timeout(Duration::from_secs(1), read).await {
+                        Ok(Err(e @ Error::UnsupportedProtocol { .. })) => Err(e),
+                        Ok(Ok(())) => Ok(Some(Some(write_error))),
+                        _ => Err(stream_error(write_error)),
+                    }
+                }
+                future::Either::Right((result, _)) => result.map(|()| Some(None)),
+            }
+        };
+        match end {
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+            Ok(Some(_)) if lock(&pending).is_empty() => Ok(Some(Closed)),
+            Ok(Some(write_error)) => {
+                if server_closed(&mut writer, write_error).await {
+                    Ok(Some(Closed))
+                } else {
+                    Err(Error::ConnectionClosed { peer })
                 }
             }
-            future::Either::Right((result, _)) => result.map(|()| Some(Closed)),
         }
     }
     .await;
@@ -385,3 +394,27 @@ async fn drive(
 
 /// The server closed a shared stream cleanly, between frames.
 struct Closed;
+
+/// Whether a stream that read to a clean end with calls in flight was closed by the server
+/// (which closes only between frames, having answered every request it read: the calls
+/// may go on a new stream) rather than cut under them (the server may have read them).
+///
+/// The read alone cannot tell: over yamux (TCP, WebSocket, the memory transport), a stream
+/// reset by the peer and every stream of a connection that is gone (a relay ending a
+/// circuit, a peer killed) read to a clean end like a stream the server closed. The write
+/// side tells them apart: after the server's close, writing still works, while a reset
+/// or lost stream refuses it. Over QUIC a server's close stops our sending side
+/// (`ConnectionReset`), and a lost connection fails the read itself, so it never comes here.
+async fn server_closed<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    write_error: Option<io::Error>,
+) -> bool {
+    let probe = match write_error {
+        Some(e) => Err(e),
+        None => writer.write(&[]).await.map(drop),
+    };
+    match probe {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+    }
+}

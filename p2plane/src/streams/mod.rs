@@ -23,7 +23,6 @@ use foldhash::HashMap;
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol,
     core::{Endpoint, transport::PortUse},
-    multiaddr::Protocol,
     swarm::{
         ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
         THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -166,8 +165,8 @@ impl Behaviour {
     }
 
     fn handler(&self, peer: PeerId, id: ConnectionId, addr: &Multiaddr) -> Handler {
-        let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
-        let rx = lock(&self.shared).on_new_connection(peer, id, relayed);
+        let rx =
+            lock(&self.shared).on_new_connection(peer, id, p2plane_transport::is_relayed(addr));
         Handler::new(peer, self.shared.clone(), rx)
     }
 }

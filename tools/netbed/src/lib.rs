@@ -145,18 +145,29 @@ impl Proc {
     /// Reads lines until one starts with `prefix`, and returns it; `None` when the output
     /// ends first or `timeout` passes (the reading happens on this thread).
     pub fn line_starting(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        self.lines_until(prefix, timeout).1
+    }
+
+    /// As [`Proc::line_starting`], also returning the lines read before it.
+    pub fn lines_until(
+        &mut self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> (Vec<String>, Option<String>) {
         let deadline = Instant::now() + timeout;
+        let mut before = Vec::new();
         let mut line = String::new();
         while Instant::now() < deadline {
             line.clear();
-            if self.out.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            if line.starts_with(prefix) {
-                return Some(line.trim_end().to_owned());
+            match self.out.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.starts_with(prefix) => {
+                    return (before, Some(line.trim_end().to_owned()));
+                }
+                Ok(_) => before.push(line.trim_end().to_owned()),
             }
         }
-        None
+        (before, None)
     }
 }
 

@@ -1,19 +1,24 @@
 //! The test bed's node, on P2PLane's public API only. Every run prints one line per figure.
+//! `BEDNODE_LOG` (a tracing filter, such as `p2plane=debug,libp2p_dcutr=debug`) logs to
+//! stderr.
 //!
 //! ```text
 //! bednode serve --listen ADDR [--key FILE] [--peers FILE] [--bootstrap ADDR] [--dht]
-//!               [--limit-loopback] [--relay ADDR] [--relay-server] [--max-inbound-per-ip N]
+//!               [--limit-loopback] [--relay ADDR] [--auto-relay] [--relay-server]
+//!               [--max-inbound-per-ip N]
 //!     An echo server (and, with --dht, a DHT server with a persistent peer store at
 //!     --peers; with --relay-server, a relay for others). Prints `READY peer=ID addr=ADDR`;
 //!     with --relay (a relay's address with its /p2p id), it listens through that relay and
-//!     then prints `RELAYED addr=CIRCUIT`; then `CONNECTED n=N` every second, and
+//!     then prints `RELAYED addr=CIRCUIT` (with --auto-relay, it waits for the circuit
+//!     address of a relay it chose among its peers); then `CONNECTED n=N` every second, and
 //!     `REACHABILITY public=0|1 addrs=A,B` whenever AutoNAT's finding changes
 //!     (`--autonat-ms` sets its probe interval).
 //! bednode call --listen ADDR --target ADDR --requests N [--concurrency C] [--retry]
 //!              [--timeout-ms T] [--relay-first ADDR] [--upgrade-wait-ms W] [--dial-once]
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
 //!     timeout, with or without the retry layer. Prints
-//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent). With
+//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent), after a
+//!     `FAILED n=.. error=..` line for each distinct error that failed requests. With
 //!     --upgrade-wait-ms it then waits up to that long more for a hole punch to the target
 //!     and prints `UPGRADE direct=1 ms=..` (from the dial) or `UPGRADE direct=0 reason=..`; --relay-first connects to
 //!     a relay first, as a running node would have (it learns its public address there).
@@ -161,8 +166,8 @@ async fn serve(args: &Args) -> Result<(), String> {
     let mut events = node.events();
     let addr = listen_addr(&node).await?;
     println!("READY peer={me} addr={addr}");
-    if args.get("relay").is_some() {
-        let relayed = |a: &Multiaddr| a.to_string().contains("/p2p-circuit");
+    if args.get("relay").is_some() || args.flag("auto-relay") {
+        let relayed = p2plane::transport::is_relayed;
         let known = node
             .listen_addrs()
             .await
@@ -170,7 +175,7 @@ async fn serve(args: &Args) -> Result<(), String> {
             .and_then(|a| a.into_iter().find(relayed));
         let circuit = match known {
             Some(a) => a,
-            None => tokio::time::timeout(Duration::from_secs(30), async {
+            None => tokio::time::timeout(Duration::from_secs(60), async {
                 while let Some(event) = events.next().await {
                     if let Event::Listening { addr } = event
                         && relayed(&addr)
@@ -261,16 +266,23 @@ async fn call(args: &Args) -> Result<(), String> {
     let upgrade_wait = Duration::from_millis(args.num("upgrade-wait-ms", 0)?);
     let upgrade = (!upgrade_wait.is_zero()).then(|| {
         let mut events = node.events();
-        tokio::spawn(async move {
+        // A failed hole punch may still be followed by a direct connection (the node then
+        // dials the peer's direct addresses): wait for the upgrade until the wait ends.
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let failed = Arc::clone(&failure);
+        let watcher = tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 match event {
                     Event::DirectUpgrade { .. } => return Ok(connecting.elapsed()),
-                    Event::DirectUpgradeFailed { reason, .. } => return Err(reason),
+                    Event::DirectUpgradeFailed { reason, .. } => {
+                        *failed.lock().expect("not poisoned") = Some(reason);
+                    }
                     _ => {}
                 }
             }
             Err("event stream ended".to_owned())
-        })
+        });
+        (watcher, failure)
     });
     let server: PeerId = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -306,7 +318,7 @@ async fn call(args: &Args) -> Result<(), String> {
         .map_request(counted)
         .layer(TimeoutLayer::new(timeout))
         .service(node.client());
-    let outcomes: Vec<(bool, Duration)> = stream::iter(0..requests)
+    let outcomes: Vec<(Result<(), String>, Duration)> = stream::iter(0..requests)
         .map(|seq| {
             let client = client.clone();
             async move {
@@ -315,17 +327,27 @@ async fn call(args: &Args) -> Result<(), String> {
                     seq,
                     text: format!("request {seq}"),
                 };
-                let ok = client
-                    .oneshot(Request::new(server, request))
-                    .await
-                    .is_ok_and(|r| r.seq == seq && r.text.starts_with("request "));
-                (ok, started.elapsed())
+                let outcome = match client.oneshot(Request::new(server, request)).await {
+                    Ok(r) if r.seq == seq && r.text.starts_with("request ") => Ok(()),
+                    Ok(r) => Err(format!("wrong answer {}", r.seq)),
+                    Err(e) => Err(e.to_string()),
+                };
+                (outcome, started.elapsed())
             }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    let ok = outcomes.iter().filter(|(ok, _)| *ok).count();
+    let ok = outcomes.iter().filter(|(ok, _)| ok.is_ok()).count();
+    let mut errors: HashMap<&str, usize> = HashMap::new();
+    for (outcome, _) in &outcomes {
+        if let Err(e) = outcome {
+            *errors.entry(e.as_str()).or_default() += 1;
+        }
+    }
+    for (error, count) in &errors {
+        println!("FAILED n={count} error={}", error.replace(' ', "_"));
+    }
     let mut latencies: Vec<Duration> = outcomes.iter().map(|(_, d)| *d).collect();
     latencies.sort();
     println!(
@@ -334,10 +356,13 @@ async fn call(args: &Args) -> Result<(), String> {
         percentile(&latencies, 99),
         wire.load(Ordering::Relaxed)
     );
-    if let Some(watcher) = upgrade {
+    if let Some((watcher, failure)) = upgrade {
         let outcome = tokio::time::timeout(upgrade_wait, watcher)
             .await
-            .map_err(|_| "no hole punch within the wait".to_owned())
+            .map_err(|_| match failure.lock().expect("not poisoned").take() {
+                Some(reason) => format!("hole punch failed: {reason}"),
+                None => "no hole punch within the wait".to_owned(),
+            })
             .and_then(|joined| joined.map_err(|e| e.to_string()))
             .and_then(|outcome| outcome);
         match outcome {
@@ -519,6 +544,13 @@ async fn dht(args: &Args) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `BEDNODE_LOG=p2plane=debug` (a tracing filter) logs to stderr, which the bed passes on.
+    if let Ok(filter) = std::env::var("BEDNODE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = raw.split_first() else {
         eprintln!("usage: bednode serve|call|dht --listen ADDR ... (see the source's docs)");
