@@ -117,7 +117,11 @@ fn identify_behaviour(config: &NodeConfig, keypair: &Keypair) -> Identify {
     let identify = Delayed::new(
         identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), keypair.public())
-                .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("p2plane/{}", env!("CARGO_PKG_VERSION")))
+                // A new listen address (a relay's circuit, once it accepts the reservation)
+                // reaches connected peers, and through them the DHT, at once rather than
+                // at the next periodic identify.
+                .with_push_listen_addr_updates(true),
         ),
         config.identify_delay,
     );

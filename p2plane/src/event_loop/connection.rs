@@ -48,8 +48,24 @@ impl EventLoop {
         }
     }
 
+    /// A connection to `peer` closed; `remaining` are still open.
+    pub(super) fn on_connection_closed(
+        &mut self,
+        peer: PeerId,
+        endpoint: &ConnectedPoint,
+        remaining: u32,
+    ) {
+        #[cfg(feature = "relay")]
+        self.reach.on_connection_closed(peer, endpoint);
+        #[cfg(not(feature = "relay"))]
+        let _ = endpoint;
+        if remaining == 0 {
+            self.on_disconnected(peer);
+        }
+    }
+
     /// The last connection to `peer` closed.
-    pub(super) fn on_disconnected(&mut self, peer: PeerId) {
+    fn on_disconnected(&mut self, peer: PeerId) {
         self.peers.remove(&peer);
         self.shared_streams.forget(&peer);
         #[cfg(feature = "relay")]

@@ -194,16 +194,9 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
-                #[cfg(feature = "relay")]
                 endpoint,
                 ..
-            } => {
-                #[cfg(feature = "relay")]
-                self.reach.on_connection_closed(peer_id, &endpoint);
-                if num_established == 0 {
-                    self.on_disconnected(peer_id);
-                }
-            }
+            } => self.on_connection_closed(peer_id, &endpoint, num_established),
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 peer_id,

@@ -36,17 +36,10 @@ fn listen_addr(ip: &str, port: u16, transport: &str) -> String {
     }
 }
 
-/// One attempt: a fresh server behind its NAT on host 2 and a fresh caller on host 3;
-/// returns (requests answered, requests sent, time to the direct connection if any).
+/// One attempt: a fresh server behind its NAT on host 2 and a fresh caller on host 3.
 /// Each attempt's nodes get ports of their own (`n` counts attempts): fresh nodes, as on a
 /// real network, not a restart on the port of one just killed.
-fn attempt(
-    bed: &mut Bed,
-    relay: &str,
-    pair: &Pair,
-    n: u16,
-    requests: u32,
-) -> (f64, f64, Option<f64>) {
+fn attempt(bed: &mut Bed, relay: &str, pair: &Pair, n: u16, requests: u32) -> Outcome {
     let transport = pair.transport;
     let listen = listen_addr(&Bed::lan_ip(2), PORT + 1 + n, transport);
     let mut server_args = vec!["serve", "--listen", &listen];
@@ -98,6 +91,7 @@ fn attempt(
         .expect("the caller reports the hole punch");
     let ok: f64 = text_field(&result, "ok").parse().unwrap();
     let total: f64 = text_field(&result, "total").parse().unwrap();
+    let first_answer = text_field(&result, "first_ms").parse::<f64>().ok();
     let direct = (text_field(&upgrade, "direct") == "1")
         .then(|| text_field(&upgrade, "ms").parse::<f64>().unwrap());
     if direct.is_none() {
@@ -105,7 +99,29 @@ fn attempt(
     }
     drop(caller);
     drop(server);
-    (ok, total, direct)
+    Outcome {
+        answered: ok,
+        sent: total,
+        first_answer,
+        direct,
+    }
+}
+
+/// What one attempt measured.
+struct Outcome {
+    answered: f64,
+    sent: f64,
+    /// From the dial to the first answer, ms.
+    first_answer: Option<f64>,
+    /// From the dial to the direct connection, ms, if there was one.
+    direct: Option<f64>,
+}
+
+/// The `p`th percentile of `sorted`, as text.
+fn pct(sorted: &[f64], p: usize) -> String {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .map_or("-".to_owned(), |ms| format!("{ms:.1}"))
 }
 
 /// How the server behind its NAT comes to listen through the relay.
@@ -191,30 +207,29 @@ fn scenario(pair: &Pair) -> (f64, usize, Vec<f64>) {
         .line_starting("READY", Duration::from_secs(30))
         .expect("the relay is ready");
     let relay_addr = format!("{relay_listen}/p2p/{}", text_field(&ready, "peer"));
-    let (mut answered, mut sent, mut direct) = (0.0, 0.0, Vec::new());
+    let (mut answered, mut sent, mut first, mut direct) = (0.0, 0.0, Vec::new(), Vec::new());
     let started = Instant::now();
     for n in 0..attempts() {
-        let (ok, total, upgrade) = attempt(&mut bed, &relay_addr, pair, n as u16, 50);
-        answered += ok;
-        sent += total;
-        direct.extend(upgrade);
+        let outcome = attempt(&mut bed, &relay_addr, pair, n as u16, 50);
+        answered += outcome.answered;
+        sent += outcome.sent;
+        first.extend(outcome.first_answer);
+        direct.extend(outcome.direct);
     }
+    first.sort_by(f64::total_cmp);
     direct.sort_by(f64::total_cmp);
-    let pct = |p: usize| {
-        direct
-            .get((direct.len() * p / 100).min(direct.len().saturating_sub(1)))
-            .map_or("-".to_owned(), |ms| format!("{ms:.1}"))
-    };
     println!(
-        "FIGURE nat {} {transport}: {} attempts, requests answered {:.1}%, direct {}/{}, \
-         time to direct p50 {} ms p95 {} ms ({:.1} s)",
+        "FIGURE nat {} {transport}: {} attempts, requests answered {:.1}%, first answer p50 {} ms \
+         p95 {} ms, direct {}/{}, time to direct p50 {} ms p95 {} ms ({:.1} s)",
         pair.name,
         attempts(),
         100.0 * answered / sent,
+        pct(&first, 50),
+        pct(&first, 95),
         direct.len(),
         attempts(),
-        pct(50),
-        pct(95),
+        pct(&direct, 50),
+        pct(&direct, 95),
         started.elapsed().as_secs_f64()
     );
     drop(relay);
@@ -337,97 +352,200 @@ fn with_the_relay_down_a_natted_peer_is_refused_then_reached_once_it_is_back() {
     in_netns(
         "with_the_relay_down_a_natted_peer_is_refused_then_reached_once_it_is_back",
         || {
-            let dir = tempfile::tempdir().expect("a directory for the relay's key");
-            let key = dir.path().join("relay.key");
-            let key = key.to_str().expect("a UTF-8 path");
-            let mut bed = Bed::new(3).expect("test bed");
-            bed.put_behind_nat(2, Nat::PortPreserving)
-                .expect("NAT for host 2");
-            bed.put_behind_nat(3, Nat::PortPreserving)
-                .expect("NAT for host 3");
-            let relay_listen = listen_addr(&Bed::ip(1), PORT, "tcp");
-            let relay_args = [
+            for transport in ["tcp", "quic"] {
+                relay_down_then_back(transport);
+            }
+        },
+    );
+}
+
+fn relay_down_then_back(transport: &str) {
+    let dir = tempfile::tempdir().expect("a directory for the relay's key");
+    let key = dir.path().join("relay.key");
+    let key = key.to_str().expect("a UTF-8 path");
+    let mut bed = Bed::new(3).expect("test bed");
+    bed.put_behind_nat(2, Nat::PortPreserving)
+        .expect("NAT for host 2");
+    bed.put_behind_nat(3, Nat::PortPreserving)
+        .expect("NAT for host 3");
+    let relay_listen = listen_addr(&Bed::ip(1), PORT, transport);
+    let relay_args = [
+        "serve",
+        "--listen",
+        &relay_listen,
+        "--key",
+        key,
+        "--relay-server",
+    ];
+    let mut relay = start(&mut bed, 1, &relay_args);
+    let ready = relay
+        .line_starting("READY", Duration::from_secs(30))
+        .expect("the relay is ready");
+    let relay_addr = format!("{relay_listen}/p2p/{}", text_field(&ready, "peer"));
+    let listen = listen_addr(&Bed::lan_ip(2), PORT, transport);
+    let mut server = start(
+        &mut bed,
+        2,
+        &["serve", "--listen", &listen, "--relay", &relay_addr],
+    );
+    let relayed = server
+        .line_starting("RELAYED", Duration::from_secs(60))
+        .expect("the server listens through the relay");
+    let circuit = text_field(&relayed, "addr").to_owned();
+    // Each round, with fresh callers on fresh ports: the relay goes down, then comes back.
+    let (mut refused, mut back, mut first) = (0, Vec::new(), Vec::new());
+    let mut relay = Some(relay);
+    for n in 0..attempts() as u16 {
+        // The relay goes down: the only path between the two NATs is gone, and a dial
+        // fails with an error instead of hanging.
+        drop(relay.take());
+        let caller_listen = listen_addr(&Bed::lan_ip(3), PORT + 1 + 2 * n, transport);
+        let mut caller = start(
+            &mut bed,
+            3,
+            &[
+                "call",
+                "--listen",
+                &caller_listen,
+                "--target",
+                &circuit,
+                "--dial-once",
+            ],
+        );
+        let dial = caller
+            .line_starting("DIAL", Duration::from_secs(60))
+            .expect("the caller reports its dial");
+        assert_eq!(
+            text_field(&dial, "ok"),
+            "0",
+            "{transport}: dialled through a relay that is down: {dial}"
+        );
+        if n == 0 {
+            println!("FIGURE nat relay down {transport}: {dial}");
+        }
+        refused += 1;
+        drop(caller);
+
+        // The relay returns with the same key and address: the server reserves again by
+        // itself, and a caller that retries its dial is answered.
+        let started = Instant::now();
+        let mut restarted = start(&mut bed, 1, &relay_args);
+        restarted
+            .line_starting("READY", Duration::from_secs(30))
+            .expect("the relay is back");
+        relay = Some(restarted);
+        let caller_listen = listen_addr(&Bed::lan_ip(3), PORT + 2 + 2 * n, transport);
+        let mut caller = start(
+            &mut bed,
+            3,
+            &[
+                "call",
+                "--listen",
+                &caller_listen,
+                "--target",
+                &circuit,
+                "--requests",
+                "20",
+            ],
+        );
+        let result = caller
+            .line_starting("RESULT", Duration::from_secs(120))
+            .expect("the caller reports");
+        assert_eq!(text_field(&result, "ok"), "20", "{transport}: {result}");
+        back.push(started.elapsed().as_secs_f64() * 1000.0);
+        first.extend(text_field(&result, "first_ms").parse::<f64>().ok());
+    }
+    back.sort_by(f64::total_cmp);
+    first.sort_by(f64::total_cmp);
+    println!(
+        "FIGURE nat relay down, then back {transport}: {} rounds, refused with a typed error {refused}, \
+         answered 20/20 after the restart in every round, restart to last answer p50 {} ms p95 {} ms, \
+         dial to first answer p50 {} ms p95 {} ms",
+        attempts(),
+        pct(&back, 50),
+        pct(&back, 95),
+        pct(&first, 50),
+        pct(&first, 95),
+    );
+    drop(server);
+}
+
+/// A node behind a NAT listens through its relay; a peer behind another NAT that knows only
+/// its id finds it through the DHT (the relay is a DHT node too): the circuit address
+/// reached the DHT by identify, pushed when the relay accepted the reservation.
+#[test]
+fn a_natted_node_is_reached_by_its_id_through_the_dht() {
+    in_netns("a_natted_node_is_reached_by_its_id_through_the_dht", || {
+        let mut bed = Bed::new(3).expect("test bed");
+        bed.put_behind_nat(2, Nat::PortPreserving)
+            .expect("NAT for host 2");
+        bed.put_behind_nat(3, Nat::PortPreserving)
+            .expect("NAT for host 3");
+        let relay_listen = listen_addr(&Bed::ip(1), PORT, "tcp");
+        let mut relay = start(
+            &mut bed,
+            1,
+            &[
                 "serve",
                 "--listen",
                 &relay_listen,
-                "--key",
-                key,
                 "--relay-server",
-            ];
-            let mut relay = start(&mut bed, 1, &relay_args);
-            let ready = relay
+                "--dht",
+            ],
+        );
+        let ready = relay
+            .line_starting("READY", Duration::from_secs(30))
+            .expect("the relay is ready");
+        let relay_addr = format!("{relay_listen}/p2p/{}", text_field(&ready, "peer"));
+        let listen = listen_addr(&Bed::lan_ip(2), PORT, "tcp");
+        let mut server = start(
+            &mut bed,
+            2,
+            &[
+                "serve",
+                "--listen",
+                &listen,
+                "--relay",
+                &relay_addr,
+                "--dht",
+                "--bootstrap",
+                &relay_addr,
+            ],
+        );
+        let server_id = text_field(
+            &server
                 .line_starting("READY", Duration::from_secs(30))
-                .expect("the relay is ready");
-            let relay_addr = format!("{relay_listen}/p2p/{}", text_field(&ready, "peer"));
-            let listen = listen_addr(&Bed::lan_ip(2), PORT, "tcp");
-            let mut server = start(
-                &mut bed,
-                2,
-                &["serve", "--listen", &listen, "--relay", &relay_addr],
-            );
-            let relayed = server
-                .line_starting("RELAYED", Duration::from_secs(60))
-                .expect("the server listens through the relay");
-            let circuit = text_field(&relayed, "addr").to_owned();
-            let caller_listen = listen_addr(&Bed::lan_ip(3), PORT, "tcp");
-
-            // The relay goes down: the only path between the two NATs is gone, and a dial
-            // fails with an error instead of hanging.
-            drop(relay);
-            let mut caller = start(
-                &mut bed,
-                3,
-                &[
-                    "call",
-                    "--listen",
-                    &caller_listen,
-                    "--target",
-                    &circuit,
-                    "--dial-once",
-                ],
-            );
-            let dial = caller
-                .line_starting("DIAL", Duration::from_secs(60))
-                .expect("the caller reports its dial");
-            assert_eq!(
-                text_field(&dial, "ok"),
-                "0",
-                "dialled through a relay that is down: {dial}"
-            );
-            println!("FIGURE nat relay down: {dial}");
-            drop(caller);
-
-            // The relay returns with the same key and address: the server reserves again by
-            // itself, and the caller (retrying its dial) is answered.
-            let started = Instant::now();
-            let mut relay = start(&mut bed, 1, &relay_args);
-            relay
-                .line_starting("READY", Duration::from_secs(30))
-                .expect("the relay is back");
-            let mut caller = start(
-                &mut bed,
-                3,
-                &[
-                    "call",
-                    "--listen",
-                    &caller_listen,
-                    "--target",
-                    &circuit,
-                    "--requests",
-                    "20",
-                ],
-            );
-            let result = caller
-                .line_starting("RESULT", Duration::from_secs(120))
-                .expect("the caller reports");
-            println!(
-                "FIGURE nat relay back: {result} ({:.1} s after the relay restarted)",
-                started.elapsed().as_secs_f64()
-            );
-            assert_eq!(text_field(&result, "ok"), "20", "{result}");
-            drop(server);
-        },
-    );
+                .expect("the server is ready"),
+            "peer",
+        )
+        .to_owned();
+        server
+            .line_starting("RELAYED", Duration::from_secs(60))
+            .expect("the server listens through the relay");
+        let caller_listen = listen_addr(&Bed::lan_ip(3), PORT, "tcp");
+        let mut caller = start(
+            &mut bed,
+            3,
+            &[
+                "call",
+                "--listen",
+                &caller_listen,
+                "--target-peer",
+                &server_id,
+                "--dht",
+                "--bootstrap",
+                &relay_addr,
+                "--requests",
+                "20",
+                "--timeout-ms",
+                "15000",
+            ],
+        );
+        let (before, result) = caller.lines_until("RESULT", Duration::from_secs(120));
+        let result = result.expect("the caller reports");
+        println!("FIGURE nat by id through the DHT: {result} {before:?}");
+        assert_eq!(text_field(&result, "ok"), "20", "{result} {before:?}");
+    });
 }
 
 #[test]

@@ -13,16 +13,20 @@
 //!     address of a relay it chose among its peers); then `CONNECTED n=N` every second, and
 //!     `REACHABILITY public=0|1 addrs=A,B` whenever AutoNAT's finding changes
 //!     (`--autonat-ms` sets its probe interval).
-//! bednode call --listen ADDR --target ADDR --requests N [--concurrency C] [--retry]
-//!              [--timeout-ms T] [--relay-first ADDR] [--upgrade-wait-ms W] [--dial-once]
+//! bednode call --listen ADDR (--target ADDR | --target-peer ID --dht --bootstrap ADDR)
+//!              --requests N [--concurrency C] [--retry] [--timeout-ms T]
+//!              [--relay-first ADDR] [--upgrade-wait-ms W] [--dial-once]
 //!     Sends N echo requests to the node at --target, C at a time, each attempt under a
 //!     timeout, with or without the retry layer. Prints
-//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=..` (wire: attempts sent), after a
+//!     `RESULT ok=.. total=.. p50_ms=.. p99_ms=.. wire=.. connect_ms=.. first_ms=..` (wire:
+//!     attempts sent; connect_ms: the dial; first_ms: the first answer, from the dial), after a
 //!     `FAILED n=.. error=..` line for each distinct error that failed requests. With
 //!     --upgrade-wait-ms it then waits up to that long more for a hole punch to the target
 //!     and prints `UPGRADE direct=1 ms=..` (from the dial) or `UPGRADE direct=0 reason=..`; --relay-first connects to
 //!     a relay first, as a running node would have (it learns its public address there).
-//!     With --dial-once it only dials, once, and prints `DIAL ok=1` or
+//!     With --target-peer it knows only the server's id and joins the DHT through
+//!     --bootstrap, which finds the server's addresses (a circuit through its relay, for
+//!     one behind a NAT). With --dial-once it only dials, once, and prints `DIAL ok=1` or
 //!     `DIAL ok=0 error=..` (otherwise it retries the dial for up to 30 s).
 //! bednode dht --listen ADDR --bootstrap ADDR [--put N] [--get M] --rounds R
 //!             [--interval-ms I] [--query-timeout-ms T] [--client]
@@ -235,11 +239,32 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
 }
 
 async fn call(args: &Args) -> Result<(), String> {
-    let node = Node::<Echo>::new(base_config(args)?.with_dht(None))
-        .await
-        .map_err(|e| e.to_string())?;
-    let target = args.addr("target")?;
+    let config = base_config(args)?;
+    let config = if args.flag("dht") {
+        config
+    } else {
+        config.with_dht(None)
+    };
+    let node = Node::<Echo>::new(config).await.map_err(|e| e.to_string())?;
     let mut events = node.events();
+    // `--target-peer ID`: only the peer's id; the DHT (joined through --bootstrap) finds
+    // where to reach it when the first request goes out.
+    if let Some(peer) = args.get("target-peer") {
+        let peer: PeerId = peer.parse().map_err(|e| format!("--target-peer: {e}"))?;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(event) = events.next().await {
+                if matches!(event, Event::PeerIdentified { .. }) {
+                    return;
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no peer identified through --bootstrap")?;
+        let sent = send_requests(args, &node, peer, Instant::now(), 0.0).await;
+        node.shutdown().await;
+        return sent;
+    }
+    let target = args.addr("target")?;
     if let Ok(relay) = args.addr("relay-first") {
         let relay_id = node.dial(relay).await.map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(30), async {
@@ -295,6 +320,33 @@ async fn call(args: &Args) -> Result<(), String> {
     .await
     .map_err(|_| "could not connect to the target".to_owned())?;
     let connect_ms = connecting.elapsed().as_secs_f64() * 1000.0;
+    send_requests(args, &node, server, connecting, connect_ms).await?;
+    if let Some((watcher, failure)) = upgrade {
+        let outcome = tokio::time::timeout(upgrade_wait, watcher)
+            .await
+            .map_err(|_| match failure.lock().expect("not poisoned").take() {
+                Some(reason) => format!("hole punch failed: {reason}"),
+                None => "no hole punch within the wait".to_owned(),
+            })
+            .and_then(|joined| joined.map_err(|e| e.to_string()))
+            .and_then(|outcome| outcome);
+        match outcome {
+            Ok(took) => println!("UPGRADE direct=1 ms={:.1}", took.as_secs_f64() * 1000.0),
+            Err(reason) => println!("UPGRADE direct=0 reason={}", reason.replace(' ', "_")),
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Sends `--requests` echo requests to `server` and prints `FAILED` lines and `RESULT`.
+async fn send_requests(
+    args: &Args,
+    node: &Node<Echo>,
+    server: PeerId,
+    connecting: Instant,
+    connect_ms: f64,
+) -> Result<(), String> {
     let requests = args.num("requests", 200)?;
     let concurrency = args.num("concurrency", 20)? as usize;
     let timeout = Duration::from_millis(args.num("timeout-ms", 1000)?);
@@ -318,9 +370,12 @@ async fn call(args: &Args) -> Result<(), String> {
         .map_request(counted)
         .layer(TimeoutLayer::new(timeout))
         .service(node.client());
+    // When the first answer came, from the start of the dial.
+    let first_answer = Arc::new(std::sync::OnceLock::new());
     let outcomes: Vec<(Result<(), String>, Duration)> = stream::iter(0..requests)
         .map(|seq| {
             let client = client.clone();
+            let first_answer = Arc::clone(&first_answer);
             async move {
                 let started = Instant::now();
                 let request = Echo {
@@ -328,7 +383,10 @@ async fn call(args: &Args) -> Result<(), String> {
                     text: format!("request {seq}"),
                 };
                 let outcome = match client.oneshot(Request::new(server, request)).await {
-                    Ok(r) if r.seq == seq && r.text.starts_with("request ") => Ok(()),
+                    Ok(r) if r.seq == seq && r.text.starts_with("request ") => {
+                        first_answer.get_or_init(|| connecting.elapsed());
+                        Ok(())
+                    }
                     Ok(r) => Err(format!("wrong answer {}", r.seq)),
                     Err(e) => Err(e.to_string()),
                 };
@@ -350,27 +408,15 @@ async fn call(args: &Args) -> Result<(), String> {
     }
     let mut latencies: Vec<Duration> = outcomes.iter().map(|(_, d)| *d).collect();
     latencies.sort();
+    let first_ms = first_answer.get().map_or("-".to_owned(), |d| {
+        format!("{:.1}", d.as_secs_f64() * 1000.0)
+    });
     println!(
-        "RESULT ok={ok} total={requests} p50_ms={:.1} p99_ms={:.1} wire={} connect_ms={connect_ms:.1}",
+        "RESULT ok={ok} total={requests} p50_ms={:.1} p99_ms={:.1} wire={} connect_ms={connect_ms:.1} first_ms={first_ms}",
         percentile(&latencies, 50),
         percentile(&latencies, 99),
         wire.load(Ordering::Relaxed)
     );
-    if let Some((watcher, failure)) = upgrade {
-        let outcome = tokio::time::timeout(upgrade_wait, watcher)
-            .await
-            .map_err(|_| match failure.lock().expect("not poisoned").take() {
-                Some(reason) => format!("hole punch failed: {reason}"),
-                None => "no hole punch within the wait".to_owned(),
-            })
-            .and_then(|joined| joined.map_err(|e| e.to_string()))
-            .and_then(|outcome| outcome);
-        match outcome {
-            Ok(took) => println!("UPGRADE direct=1 ms={:.1}", took.as_secs_f64() * 1000.0),
-            Err(reason) => println!("UPGRADE direct=0 reason={}", reason.replace(' ', "_")),
-        }
-    }
-    node.shutdown().await;
     Ok(())
 }
 
