@@ -399,20 +399,15 @@ fn relay_down_then_back(transport: &str) {
         // The relay goes down: the only path between the two NATs is gone, and a dial
         // fails with an error instead of hanging.
         drop(relay.take());
-        let caller_listen = listen_addr(&Bed::lan_ip(3), PORT + 1 + 2 * n, transport);
-        let mut caller = start(
-            &mut bed,
-            3,
-            &[
-                "call",
-                "--listen",
-                &caller_listen,
-                "--target",
-                &circuit,
-                "--dial-once",
-            ],
-        );
-        let dial = caller
+        // A fresh caller behind host 3's NAT, on a port of its own, calling the circuit.
+        let caller = |bed: &mut Bed, port: u16, args: &[&str]| {
+            let listen = listen_addr(&Bed::lan_ip(3), port, transport);
+            let mut all = vec!["call", "--listen", &listen, "--target", &circuit];
+            all.extend(args);
+            start(bed, 3, &all)
+        };
+        let mut caller_down = caller(&mut bed, PORT + 1 + 2 * n, &["--dial-once"]);
+        let dial = caller_down
             .line_starting("DIAL", Duration::from_secs(60))
             .expect("the caller reports its dial");
         assert_eq!(
@@ -424,7 +419,7 @@ fn relay_down_then_back(transport: &str) {
             println!("FIGURE nat relay down {transport}: {dial}");
         }
         refused += 1;
-        drop(caller);
+        drop(caller_down);
 
         // The relay returns with the same key and address: the server reserves again by
         // itself, and a caller that retries its dial is answered.
@@ -434,20 +429,7 @@ fn relay_down_then_back(transport: &str) {
             .line_starting("READY", Duration::from_secs(30))
             .expect("the relay is back");
         relay = Some(restarted);
-        let caller_listen = listen_addr(&Bed::lan_ip(3), PORT + 2 + 2 * n, transport);
-        let mut caller = start(
-            &mut bed,
-            3,
-            &[
-                "call",
-                "--listen",
-                &caller_listen,
-                "--target",
-                &circuit,
-                "--requests",
-                "20",
-            ],
-        );
+        let mut caller = caller(&mut bed, PORT + 2 + 2 * n, &["--requests", "20"]);
         let result = caller
             .line_starting("RESULT", Duration::from_secs(120))
             .expect("the caller reports");
