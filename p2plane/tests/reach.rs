@@ -169,12 +169,27 @@ async fn relayed_pair(
     PeerId,
     p2plane::Events,
 ) {
+    relayed_pair_with(private_addrs, None).await
+}
+
+/// [`relayed_pair`], with pub/sub on both ends when `pubsub` is set.
+async fn relayed_pair_with(
+    private_addrs: bool,
+    pubsub: Option<p2plane::PubsubConfig>,
+) -> (
+    Node<common::Echo>,
+    Node<common::Echo>,
+    Node<common::Echo>,
+    PeerId,
+    p2plane::Events,
+) {
     let (relay, relay_addr) = relay().await;
     let no_punch = || ReachConfig::default().with_hole_punching(false);
     let listener = echo_node(
         config(TCP)
             .with_private_addrs(private_addrs)
             .with_dht(None)
+            .with_pubsub(pubsub.clone())
             .with_reach(no_punch().with_relay(relay_addr)),
     )
     .await;
@@ -183,6 +198,7 @@ async fn relayed_pair(
         config(TCP)
             .with_private_addrs(private_addrs)
             .with_dht(None)
+            .with_pubsub(pubsub)
             .with_reach(no_punch()),
     )
     .await;
@@ -191,6 +207,58 @@ async fn relayed_pair(
         .await
         .unwrap();
     (relay, listener, dialer, peer, events)
+}
+
+/// A topic of echo messages.
+struct Chat;
+impl p2plane::Topic for Chat {
+    const NAME: &'static str = "p2plane-test/chat";
+    type Message = common::Echo;
+}
+
+/// Pub/sub works over a relayed connection: the two ends, which cannot reach each other
+/// otherwise (no hole punching, no private addresses kept), form a mesh through the circuit
+/// and each receives what the other publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_works_over_a_relayed_connection() {
+    let pubsub = p2plane::PubsubConfig {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        ..p2plane::PubsubConfig::default()
+    };
+    let (_relay, listener, dialer, listener_id, _) = relayed_pair_with(false, Some(pubsub)).await;
+    let mut heard_by_listener = listener.subscribe::<Chat>().await.unwrap();
+    let mut heard_by_dialer = dialer.subscribe::<Chat>().await.unwrap();
+    let dialer_id = dialer.local_peer_id();
+    // The mesh forms on the heartbeat, through the circuit.
+    within("the mesh through the relay", async {
+        loop {
+            let a = listener.topic_peers::<Chat>().await.unwrap();
+            let b = dialer.topic_peers::<Chat>().await.unwrap();
+            if a.contains(&dialer_id) && b.contains(&listener_id) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        dialer
+            .connected_peers()
+            .await
+            .unwrap()
+            .contains(&listener_id),
+        "the dialer lost its relayed connection"
+    );
+    dialer.publish::<Chat>(&echo(1)).await.unwrap();
+    listener.publish::<Chat>(&echo(2)).await.unwrap();
+    let got = within("the dialer's message", heard_by_listener.recv())
+        .await
+        .expect("subscribed");
+    assert_eq!((got.message, got.author), (echo(1), Some(dialer_id)));
+    let got = within("the listener's message", heard_by_dialer.recv())
+        .await
+        .expect("subscribed");
+    assert_eq!((got.message, got.author), (echo(2), Some(listener_id)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
