@@ -21,7 +21,8 @@ use libp2p::{
     identify,
     swarm::{
         ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm, behaviour::ConnectionClosed,
+        THandlerOutEvent, ToSwarm,
+        behaviour::{ConnectionClosed, ConnectionEstablished},
     },
 };
 use p2plane_transport::is_relayed;
@@ -69,17 +70,12 @@ impl<B: NetworkBehaviour<ToSwarm = identify::Event>> NetworkBehaviour for Direct
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let handler = self.inner.handle_established_inbound_connection(
+        self.inner.handle_established_inbound_connection(
             connection_id,
             peer,
             local_addr,
             remote_addr,
-        )?;
-        // A relayed inbound connection's local address is the circuit address.
-        if is_relayed(local_addr) || is_relayed(remote_addr) {
-            self.relayed.insert(connection_id);
-        }
-        Ok(handler)
+        )
     }
 
     fn handle_pending_outbound_connection(
@@ -105,22 +101,28 @@ impl<B: NetworkBehaviour<ToSwarm = identify::Event>> NetworkBehaviour for Direct
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let handler = self.inner.handle_established_outbound_connection(
+        self.inner.handle_established_outbound_connection(
             connection_id,
             peer,
             addr,
             role_override,
             port_use,
-        )?;
-        if is_relayed(addr) {
-            self.relayed.insert(connection_id);
-        }
-        Ok(handler)
+        )
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = &event {
-            self.relayed.remove(connection_id);
+        match &event {
+            FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                connection_id,
+                endpoint,
+                ..
+            }) if endpoint.is_relayed() => {
+                self.relayed.insert(*connection_id);
+            }
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+                self.relayed.remove(connection_id);
+            }
+            _ => {}
         }
         self.inner.on_swarm_event(event);
     }

@@ -184,24 +184,16 @@ async fn relayed_pair_with(
     p2plane::Events,
 ) {
     let (relay, relay_addr) = relay().await;
-    let no_punch = || ReachConfig::default().with_hole_punching(false);
-    let listener = echo_node(
+    let end = |reach: ReachConfig| {
         config(TCP)
             .with_private_addrs(private_addrs)
             .with_dht(None)
             .with_pubsub(pubsub.clone())
-            .with_reach(no_punch().with_relay(relay_addr)),
-    )
-    .await;
+            .with_reach(reach.with_hole_punching(false))
+    };
+    let listener = echo_node(end(ReachConfig::default().with_relay(relay_addr))).await;
     let circuit = circuit_addr(&listener).await;
-    let dialer = echo_node(
-        config(TCP)
-            .with_private_addrs(private_addrs)
-            .with_dht(None)
-            .with_pubsub(pubsub)
-            .with_reach(no_punch()),
-    )
-    .await;
+    let dialer = echo_node(end(ReachConfig::default())).await;
     let events = dialer.events();
     let peer = within("the relayed dial", dialer.dial(circuit))
         .await

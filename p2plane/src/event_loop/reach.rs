@@ -25,18 +25,15 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// Connected peers remembered as relays this node could choose.
 const MAX_CANDIDATES: usize = 32;
 
-/// A peer's connections, relayed and direct, and the direct addresses it announced.
+/// A peer's connections, relayed and direct.
 #[derive(Default)]
 struct Links {
     relayed: u32,
     direct: u32,
-    /// The peer's direct listen addresses (identify), at most [`MAX_LISTEN_ADDRS`]: where to
-    /// dial it when hole punching fails.
-    addrs: Vec<Multiaddr>,
 }
 
-/// Direct addresses kept per peer.
-const MAX_LISTEN_ADDRS: usize = 8;
+/// Direct addresses dialled after a failed hole punch.
+const MAX_DIRECT_ADDRS: usize = 8;
 
 /// The loop's side of reach: the listeners through relays, and whether this node serves
 /// as a relay.
@@ -302,36 +299,33 @@ impl EventLoop {
 
     /// A peer identified itself: it may offer the relay service this node needs.
     pub(super) fn on_identified_reach(&mut self, peer: PeerId, info: &libp2p::identify::Info) {
-        if let Some(links) = self.reach.links.get_mut(&peer) {
-            let allow_private = self.reach.allow_private_addrs;
-            links.addrs = info
-                .listen_addrs
-                .iter()
-                .filter(|a| !p2plane_transport::is_relayed(a) && (allow_private || !is_private(a)))
-                .take(MAX_LISTEN_ADDRS)
-                .cloned()
-                .collect();
-        }
         if self.reach.on_identified(peer, info) {
             self.reach.choose_relays(&mut self.swarm);
         }
     }
 
-    /// Hole punching to `peer` failed: when it announced direct addresses, dial them once,
-    /// from a new port. A peer with a public address is reached so (DCUtR's TCP punch can
+    /// Hole punching to `peer` failed: when the peer store holds direct addresses for it
+    /// (identify's listen addresses land there), dial them once, from a new port. A peer with a public address is reached so (DCUtR's TCP punch can
     /// stall there: when the NATed side's SYN arrives before the public side has dialled,
     /// the public side accepts it on its listener and both ends wait as responders until the
     /// handshake times out); behind a NAT that filters, the dial fails and nothing changes.
     fn dial_direct_after_failed_punch(&mut self, peer: PeerId) {
-        let Some(links) = self.reach.links.get(&peer) else {
+        if self.reach.links.get(&peer).is_some_and(|l| l.direct > 0) {
             return;
-        };
-        if links.direct > 0 || links.addrs.is_empty() {
+        }
+        let addrs: Vec<Multiaddr> = self
+            .store
+            .addresses(&peer)
+            .into_iter()
+            .filter(|a| !p2plane_transport::is_relayed(a))
+            .take(MAX_DIRECT_ADDRS)
+            .collect();
+        if addrs.is_empty() {
             return;
         }
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Always)
-            .addresses(links.addrs.clone())
+            .addresses(addrs)
             .allocate_new_port()
             .build();
         if let Err(e) = self.swarm.dial(opts) {
