@@ -10,7 +10,8 @@ use crate::CodecError;
 /// - [`Error::remote_may_have_acted`]: the request may have reached the remote's handler, so
 ///   repeating it could apply it twice. Only [`Timeout`](Error::Timeout),
 ///   [`ConnectionClosed`](Error::ConnectionClosed), [`Io`](Error::Io),
-///   [`Failed`](Error::Failed) and [`Protocol`](Error::Protocol) say yes: in every other
+///   [`Failed`](Error::Failed), [`Protocol`](Error::Protocol), [`Shutdown`](Error::Shutdown)
+///   and [`RemoteShutdown`](Error::RemoteShutdown) say yes: in every other
 ///   case the remote certainly did not run its handler on this request.
 ///
 /// | variant | transient | remote may have acted |
@@ -27,6 +28,7 @@ use crate::CodecError;
 /// | `Protocol` | no | yes |
 /// | `Codec` | no | no |
 /// | `Shutdown` | no | yes |
+/// | `RemoteShutdown` | yes | yes |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -116,6 +118,12 @@ pub enum Error {
     /// The node has shut down.
     #[error("the node has shut down")]
     Shutdown,
+    /// The remote node shut down while it served a stream; the stream ended there.
+    #[error("peer {peer} shut down")]
+    RemoteShutdown {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 fn peer_suffix(peer: &Option<PeerId>) -> String {
@@ -132,6 +140,7 @@ impl Error {
                 | Error::ConnectionClosed { .. }
                 | Error::Io { .. }
                 | Error::Busy { .. }
+                | Error::RemoteShutdown { .. }
         )
     }
 
@@ -144,7 +153,8 @@ impl Error {
             | Error::Io { .. }
             | Error::Failed { .. }
             | Error::Protocol { .. }
-            | Error::Shutdown => true,
+            | Error::Shutdown
+            | Error::RemoteShutdown { .. } => true,
             Error::TooLarge { response, .. } => *response,
             _ => false,
         }
@@ -160,7 +170,8 @@ impl Error {
             | Error::Io { peer, .. }
             | Error::Busy { peer }
             | Error::Failed { peer, .. }
-            | Error::Protocol { peer, .. } => Some(*peer),
+            | Error::Protocol { peer, .. }
+            | Error::RemoteShutdown { peer } => Some(*peer),
             Error::TooLarge { .. } | Error::Codec(_) | Error::Shutdown => None,
         }
     }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`Message`] | a type that is both request and response on one protocol (the common case) |
 //! | [`Protocol`] | a protocol with distinct request and response types |
+//! | [`Streaming`] | a protocol whose answer (and optionally whose request) is a stream of items |
 //! | [`Request`] | the cheap-to-clone envelope a client sends: peer, protocol, body |
 //! | [`Codec`] | turns values into bytes and back, with a size limit |
 //! | [`PeerStore`] | where a node keeps what it knows about peers |
@@ -37,8 +38,9 @@ mod request;
 
 pub use codec::{Codec, CodecError};
 pub use error::Error;
+pub use http::Extensions;
 pub use libp2p_identity::PeerId;
-pub use message::{Message, Payload, Protocol, Validate, is_valid_protocol_name};
+pub use message::{Message, Payload, Protocol, Streaming, Validate, is_valid_protocol_name};
 pub use multiaddr::Multiaddr;
 pub use peer_store::{DialOutcome, PeerRecord, PeerStore, PeerStoreError};
 pub use request::Request;

@@ -100,6 +100,63 @@ impl<M: Message> Protocol for M {
     type Response = M;
 }
 
+/// A protocol whose answer is a stream of items, and whose caller may send a stream of its
+/// own (uploads): server streaming, client streaming and bidirectional channels are all this
+/// trait.
+///
+/// A call opens one stream: the caller sends a [`Streaming::Request`], then any number of
+/// [`Streaming::Upload`]s; the handler answers with any number of [`Streaming::Item`]s. A
+/// protocol without uploads says `type Upload = ();` (its callers send none).
+///
+/// ```
+/// use p2plane_core::Streaming;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Range { from: u64, to: u64 }
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Block { height: u64, data: Vec<u8> }
+///
+/// /// Streams the blocks of a range.
+/// struct SyncBlocks;
+/// impl Streaming for SyncBlocks {
+///     const NAME: &'static str = "/chain/sync/1.0.0";
+///     type Request = Range;
+///     type Upload = ();
+///     type Item = Block;
+///     fn validate_item(block: &Block) -> Result<(), String> {
+///         if block.data.is_empty() { Err("empty block".into()) } else { Ok(()) }
+///     }
+/// }
+/// ```
+pub trait Streaming: Send + Sync + 'static {
+    /// The protocol name, such as `"/chain/sync/1.0.0"`. It must start with `/`.
+    const NAME: &'static str;
+    /// What opens the stream.
+    type Request: Payload;
+    /// What the caller streams to the handler after the request; `()` for none.
+    type Upload: Payload;
+    /// What the handler streams back.
+    type Item: Payload;
+
+    /// Checks an item the caller receives, when a validation layer is in the caller's
+    /// stack: an item refused ends the stream with [`Error::Protocol`](crate::Error::Protocol)
+    /// naming the reason. The default accepts everything.
+    fn validate_item(item: &Self::Item) -> Result<(), String> {
+        let _ = item;
+        Ok(())
+    }
+
+    /// Checks an upload the handler receives, when a validation layer is in the handler's
+    /// stack: an upload refused ends the stream with
+    /// [`Error::Rejected`](crate::Error::Rejected) for the caller. The default accepts
+    /// everything.
+    fn validate_upload(upload: &Self::Upload) -> Result<(), String> {
+        let _ = upload;
+        Ok(())
+    }
+}
+
 /// Whether `name` is a valid protocol name: libp2p requires it to start with `/`.
 ///
 /// It is a `const fn`, so P2PLane checks every protocol's name when the program is compiled:

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use libp2p_identity::PeerId;
 
-use crate::{Message, Protocol};
+use crate::{Message, Protocol, Streaming};
 
 /// The envelope a client sends: which peer, which protocol, what body.
 ///
@@ -19,6 +19,7 @@ pub struct Request<T> {
     body: Arc<T>,
     idempotent: bool,
     attempt: u32,
+    extensions: http::Extensions,
 }
 
 impl<T> Clone for Request<T> {
@@ -29,6 +30,7 @@ impl<T> Clone for Request<T> {
             body: Arc::clone(&self.body),
             idempotent: self.idempotent,
             attempt: self.attempt,
+            extensions: self.extensions.clone(),
         }
     }
 }
@@ -44,12 +46,22 @@ impl<T> Request<T> {
     /// A request carrying `body` to `peer` on protocol `P`, for protocols whose request and
     /// response types differ.
     pub fn for_protocol<P: Protocol<Request = T>>(peer: PeerId, body: T) -> Self {
+        Self::named(peer, P::NAME, body)
+    }
+
+    /// A request opening a stream of protocol `S` (a [`Streaming`] protocol) to `peer`.
+    pub fn for_stream<S: Streaming<Request = T>>(peer: PeerId, body: T) -> Self {
+        Self::named(peer, S::NAME, body)
+    }
+
+    fn named(peer: PeerId, protocol: &'static str, body: T) -> Self {
         Self {
             peer,
-            protocol: P::NAME,
+            protocol,
             body: Arc::new(body),
             idempotent: true,
             attempt: 0,
+            extensions: http::Extensions::new(),
         }
     }
 
@@ -96,6 +108,18 @@ impl<T> Request<T> {
     pub fn with_peer(mut self, peer: PeerId) -> Self {
         self.peer = peer;
         self
+    }
+
+    /// Values attached to the request that do not travel: middleware leaves settings here
+    /// for the services below it (a stream's item deadline, say), and a server leaves the
+    /// caller's uploads here for the handler. Keyed by type, as in `http::Request`.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// The request's [extensions](Request::extensions), mutably.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
     }
 
     /// The body, cloned out of the shared envelope only if another clone still holds it.

@@ -127,6 +127,9 @@ pub struct NodeConfig {
     /// responses to requests) instead of a stream per request. Default `true`; peers that do
     /// not serve the shared form are reached with a stream per request either way.
     pub use_shared_streams: bool,
+    /// Streaming calls ([`Streaming`](crate::Streaming) protocols): windows, limits, idle
+    /// timeout.
+    pub streams: crate::StreamConfig,
     #[cfg(feature = "dht")]
     /// Kademlia settings; `None` leaves the node out of the DHT. Default: on, in libp2p's
     /// automatic mode (use [`DhtMode::Server`](p2plane_dht::DhtMode::Server) on networks
@@ -185,7 +188,8 @@ impl fmt::Debug for NodeConfig {
                 "shared_stream_idle_timeout",
                 &self.shared_stream_idle_timeout,
             )
-            .field("use_shared_streams", &self.use_shared_streams);
+            .field("use_shared_streams", &self.use_shared_streams)
+            .field("streams", &self.streams);
         #[cfg(feature = "dht")]
         d.field("dht", &self.dht);
         #[cfg(feature = "pubsub")]
@@ -226,6 +230,7 @@ impl Default for NodeConfig {
             max_shared_streams: 4096,
             shared_stream_idle_timeout: Duration::from_secs(90),
             use_shared_streams: true,
+            streams: crate::StreamConfig::default(),
             #[cfg(feature = "dht")]
             dht: Some(DhtConfig::default()),
             #[cfg(feature = "pubsub")]

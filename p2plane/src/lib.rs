@@ -108,7 +108,7 @@ pub use node::Node;
 pub use p2plane_codec as codec;
 pub use p2plane_core::{
     self as core, Codec, CodecError, Error, Message, Multiaddr, PeerId, PeerStore, Protocol,
-    Request, Validate,
+    Request, Streaming, Validate,
 };
 pub use p2plane_peers as peers;
 pub use p2plane_transport::{self as transport, Limits, TransportConfig};
@@ -117,7 +117,7 @@ pub use peer_table::ConnectedPeers;
 pub use pubsub::{PubsubConfig, PubsubError, Subscription, Topic};
 #[cfg(feature = "relay")]
 pub use reach::{ReachConfig, RelayServerConfig};
-pub use rpc::Client;
+pub use rpc::{Client, ItemStream, StreamClient, StreamConfig, UploadStream, Uploads};
 pub use tower::{self, BoxError, service_fn};
 
 #[doc = include_str!("../../README.md")]

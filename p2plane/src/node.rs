@@ -4,7 +4,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use p2plane_core::{Error, Multiaddr, PeerId, PeerStore, Protocol, Request};
+use p2plane_core::{Error, Multiaddr, PeerId, PeerStore, Protocol, Request, Streaming};
 use tokio::sync::{Semaphore, oneshot};
 use tower::BoxError;
 use tower_service::Service;
@@ -185,6 +185,65 @@ impl<P: Protocol> Node<P> {
             handler.clone(),
         ));
         tokio::spawn(server::run::<Q, H>(context, inbound, handler));
+        Ok(())
+    }
+
+    /// A client for streaming protocol `Q` (see [`StreamClient`](crate::StreamClient)).
+    pub fn stream_client<Q: Streaming>(&self) -> crate::StreamClient<Q> {
+        crate::StreamClient::new(Arc::clone(&self.shared))
+    }
+
+    /// Serves streaming protocol `Q` with `handler`: any [`tower::Service`] from
+    /// [`Request<Q::Request>`](Request) to a [`Stream`](futures::Stream) of
+    /// `Result<Q::Item, E>`. The stream's items go to the caller as its window allows (the
+    /// handler's stream is polled only when there is room, so a slow caller slows it down);
+    /// its end ends the call cleanly, and an error item ends it with that error (a
+    /// [`Error::Rejected`] or [`Error::Busy`] as themselves, anything else as
+    /// [`Error::Failed`]). The caller's uploads are in the request: take them with
+    /// [`Uploads::take`](crate::Uploads::take).
+    ///
+    /// The handler's call (until it returns its stream) is bounded by
+    /// [`inbound_timeout`](NodeConfig::inbound_timeout); the stream itself by nothing but
+    /// the caller: when the caller drops its end, or goes away, the handler's stream is
+    /// dropped within a round trip or so. A stream on which nothing moves for
+    /// [`StreamConfig::idle_timeout`](crate::StreamConfig::idle_timeout) is closed. Beyond
+    /// [`StreamConfig::max_per_peer`](crate::StreamConfig::max_per_peer) or
+    /// [`StreamConfig::max_inbound`](crate::StreamConfig::max_inbound) open streams, a call
+    /// is answered [`Error::Busy`] and the handler does not run. When the node shuts down,
+    /// its open streams end with [`Error::RemoteShutdown`] at their callers.
+    pub fn serve_stream<Q, H>(&self, handler: H) -> Result<(), NodeError>
+    where
+        Q: Streaming,
+        H: Service<Request<Q::Request>> + Clone + Send + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+        H::Response: futures::Stream<Item = Result<Q::Item, H::Error>> + Send + 'static,
+    {
+        if self.shared.is_shut_down() {
+            return Err(NodeError::Shutdown);
+        }
+        let protocol = rpc::streaming::streaming_protocol::<Q>();
+        let config = &self.shared.config;
+        let inbound = self
+            .shared
+            .control
+            .accept(protocol, config.streams.max_per_peer.max(16))
+            .map_err(|_| NodeError::AlreadyServing { protocol: Q::NAME })?;
+        let server = Arc::new(rpc::streaming::server::StreamServer {
+            codec: self.shared.codec,
+            events: self.shared.events.clone(),
+            shutdown: self.shared.shutdown.clone(),
+            handler_timeout: config.inbound_timeout,
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+            config: config.streams.clone(),
+            per_peer: Default::default(),
+            total: Arc::new(Semaphore::new(config.streams.max_inbound)),
+            helpers: Arc::new(Semaphore::new(config.max_concurrent_inbound)),
+        });
+        tokio::spawn(rpc::streaming::server::run::<Q, H>(
+            server, inbound, handler,
+        ));
         Ok(())
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct NodeState {
     pub(crate) metrics: Option<Arc<Metrics>>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Places for streaming calls this node makes ([`StreamConfig::max_outbound`](crate::StreamConfig::max_outbound)).
+    pub(crate) outbound_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeState {

@@ -145,6 +145,7 @@ impl EventLoop {
             metrics,
             #[cfg(feature = "metrics")]
             metrics_addr,
+            outbound_streams: Arc::new(tokio::sync::Semaphore::new(config.streams.max_outbound)),
             config,
         })
     }

@@ -93,5 +93,5 @@ pub mod validate;
 
 pub use per_peer::{InFlightLimitLayer, RateLimitLayer};
 pub use retry::{Budget, PeerSelector, Retry, RetryLayer, RetryPolicy, TpsBudget};
-pub use timeout::{Timeout, TimeoutLayer};
-pub use validate::{ByBody, Validate, ValidateLayer, Validator};
+pub use timeout::{ItemTimeout, Timeout, TimeoutLayer};
+pub use validate::{ByBody, Validate, ValidateItems, ValidateLayer, Validator};

@@ -15,6 +15,7 @@
 pub(crate) mod client;
 pub(crate) mod server;
 pub(crate) mod shared_stream;
+pub(crate) mod streaming;
 
 use std::{io, marker::PhantomData};
 
@@ -27,6 +28,10 @@ use tracing::Instrument as _;
 use crate::streams::OpenError;
 
 pub use client::Client;
+pub use streaming::{
+    StreamConfig, UploadStream, Uploads,
+    client::{ItemStream, StreamClient},
+};
 
 /// The libp2p name of protocol `Q`, checked when the program is compiled: a protocol whose
 /// name does not start with `/` fails the build here instead of panicking at run time.
@@ -189,9 +194,9 @@ fn is_negotiation_failure(e: &io::Error) -> bool {
 fn io_error(peer: PeerId, e: io::Error) -> Error {
     use io::ErrorKind::*;
     match e.kind() {
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
-            Error::ConnectionClosed { peer }
-        }
+        // yamux fails reads and writes on a closed connection with `WriteZero`.
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+        | WriteZero => Error::ConnectionClosed { peer },
         kind => Error::Io {
             peer,
             kind,

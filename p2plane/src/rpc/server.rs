@@ -95,20 +95,20 @@ impl<P: Protocol, H> Handler<P> for H where
 /// Takes the next stream, until the node shuts down or stops serving the protocol.
 async fn next(
     ctx: &ServerContext,
-    inbound: &mut mpsc::Receiver<(PeerId, Stream)>,
+    inbound: &mut mpsc::Receiver<crate::streams::Inbound>,
 ) -> Option<(PeerId, Stream)> {
     let mut shutdown = ctx.shutdown.clone();
     tokio::select! {
         biased;
         _ = shutdown.wait_for(|down| *down) => None,
-        next = inbound.recv() => next,
+        next = inbound.recv() => next.map(|(peer, stream, _)| (peer, stream)),
     }
 }
 
 /// Serves streams that carry one request each.
 pub(crate) async fn run<P: Protocol, H: Handler<P>>(
     ctx: Arc<ServerContext>,
-    mut inbound: mpsc::Receiver<(PeerId, Stream)>,
+    mut inbound: mpsc::Receiver<crate::streams::Inbound>,
     handler: H,
 ) {
     while let Some((peer, stream)) = next(&ctx, &mut inbound).await {
@@ -145,7 +145,7 @@ pub(crate) async fn run<P: Protocol, H: Handler<P>>(
 /// Serves shared streams: each carries many requests, matched to answers by id.
 pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
     ctx: Arc<ServerContext>,
-    mut inbound: mpsc::Receiver<(PeerId, Stream)>,
+    mut inbound: mpsc::Receiver<crate::streams::Inbound>,
     handler: H,
 ) {
     while let Some((peer, stream)) = next(&ctx, &mut inbound).await {
@@ -315,7 +315,7 @@ fn handler_error(error: BoxError) -> Envelope<()> {
     }
 }
 
-fn frame_error(e: FrameError) -> InboundError {
+pub(crate) fn frame_error(e: FrameError) -> InboundError {
     match e {
         FrameError::Io(e) => InboundError::Io(e.to_string()),
         FrameError::Codec(e) => InboundError::Frame(e),

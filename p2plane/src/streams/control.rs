@@ -6,7 +6,7 @@ use std::{
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewStream, Shared, lock};
+use super::{ConnectionGone, Inbound, NewStream, Shared, lock};
 
 /// Why a stream could not be opened.
 #[derive(Debug)]
@@ -51,6 +51,15 @@ impl Control {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, OpenError> {
+        Ok(self.open_watched(peer, protocol).await?.0)
+    }
+
+    /// [`Control::open`], with the end of the stream's connection.
+    pub(crate) async fn open_watched(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<(Stream, ConnectionGone), OpenError> {
         let (tx, needs_dial) = lock(&self.shared).sender_for(peer);
         if needs_dial {
             self.dial_tx
@@ -72,7 +81,7 @@ impl Control {
         &self,
         protocol: StreamProtocol,
         capacity: usize,
-    ) -> Result<mpsc::Receiver<(PeerId, Stream)>, AlreadyRegistered> {
+    ) -> Result<mpsc::Receiver<Inbound>, AlreadyRegistered> {
         let mut shared = lock(&self.shared);
         shared.inbound.retain(|_, tx| !tx.is_closed());
         if shared.inbound.contains_key(&protocol) {

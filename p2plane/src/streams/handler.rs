@@ -17,9 +17,9 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
-use super::{NewStream, OpenError, Shared, StreamEvent, lock};
+use super::{ConnectionGone, NewStream, OpenError, Shared, StreamEvent, lock};
 
-type Reply = oneshot::Sender<Result<Stream, OpenError>>;
+type Reply = oneshot::Sender<Result<(Stream, ConnectionGone), OpenError>>;
 
 /// One connection's handler: opens the streams callers ask for and passes inbound streams
 /// to their protocol's queue.
@@ -28,6 +28,8 @@ pub(crate) struct Handler {
     shared: Arc<Mutex<Shared>>,
     requests: mpsc::Receiver<NewStream>,
     events: Vec<StreamEvent>,
+    /// Dropped with the handler, when the connection is gone: see [`ConnectionGone`].
+    gone: tokio::sync::watch::Sender<()>,
 }
 
 impl Handler {
@@ -41,6 +43,7 @@ impl Handler {
             shared,
             requests,
             events: Vec::new(),
+            gone: tokio::sync::watch::Sender::new(()),
         }
     }
 }
@@ -90,7 +93,11 @@ impl ConnectionHandler for Handler {
             }) => {
                 let sender = lock(&self.shared).inbound.get(&protocol).cloned();
                 let dropped = match sender {
-                    Some(tx) => match tx.try_send((self.remote, stream)) {
+                    Some(tx) => match tx.try_send((
+                        self.remote,
+                        stream,
+                        ConnectionGone(self.gone.subscribe()),
+                    )) {
                         Ok(()) => false,
                         Err(TrySendError::Full(_)) => true,
                         Err(TrySendError::Closed(_)) => false, // no longer served
@@ -109,7 +116,7 @@ impl ConnectionHandler for Handler {
                 protocol: (stream, _),
                 info: reply,
             }) => {
-                let _ = reply.send(Ok(stream));
+                let _ = reply.send(Ok((stream, ConnectionGone(self.gone.subscribe()))));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: reply, error }) => {
                 let error = match error {

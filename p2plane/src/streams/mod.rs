@@ -52,12 +52,28 @@ pub(crate) enum StreamEvent {
 /// A request to a connection's handler to open an outbound stream.
 pub(crate) struct NewStream {
     protocol: StreamProtocol,
-    reply: oneshot::Sender<Result<Stream, OpenError>>,
+    reply: oneshot::Sender<Result<(Stream, ConnectionGone), OpenError>>,
+}
+
+/// An inbound stream: its peer, the stream, and its connection's end.
+pub(crate) type Inbound = (PeerId, Stream, ConnectionGone);
+
+/// Resolves once the connection a stream runs on is gone. A read pending on a yamux stream
+/// is not woken when this side closes the connection (a disconnect, a ban, shutdown): a
+/// task that may wait on a read for long selects on this as well.
+#[derive(Clone)]
+pub(crate) struct ConnectionGone(tokio::sync::watch::Receiver<()>);
+
+impl ConnectionGone {
+    /// Waits until the connection's handler is dropped (its sender with it).
+    pub(crate) async fn wait(mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 #[derive(Default)]
 struct Shared {
-    inbound: HashMap<StreamProtocol, mpsc::Sender<(PeerId, Stream)>>,
+    inbound: HashMap<StreamProtocol, mpsc::Sender<Inbound>>,
     /// Open-request channels of established connections.
     connections: HashMap<ConnectionId, (PeerId, mpsc::Sender<NewStream>)>,
     /// Per peer, the connections above (usually one).

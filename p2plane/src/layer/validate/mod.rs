@@ -38,9 +38,21 @@ where
     }
 }
 
+/// Left in a request's [extensions](Request::extensions) by [`Validate`]: the items of its
+/// stream are to be validated as well (see [`Validate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidateItems;
+
 /// Refuses requests the validator rejects with [`Error::Rejected`], without calling the
 /// inner service: on the client side nothing is sent; on the server side the handler does
 /// not run and the caller receives `Rejected` with the reason.
+///
+/// On streaming calls it also marks the request ([`ValidateItems`]) so that each item is
+/// checked too: by a [`StreamClient`](crate::StreamClient) below it, each item it receives
+/// with [`Streaming::validate_item`](crate::Streaming::validate_item) (one refused ends the
+/// stream with [`Error::Protocol`]); in a handler, each upload it takes with
+/// [`Uploads::take`](crate::Uploads::take), with
+/// [`Streaming::validate_upload`](crate::Streaming::validate_upload).
 #[derive(Debug, Clone)]
 pub struct Validate<S, V> {
     inner: S,
@@ -83,9 +95,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<T>) -> Self::Future {
+    fn call(&mut self, mut request: Request<T>) -> Self::Future {
         match self.validator.check(&request) {
-            Ok(()) => Either::Right(self.inner.call(request)),
+            Ok(()) => {
+                request.extensions_mut().insert(ValidateItems);
+                Either::Right(self.inner.call(request))
+            }
             Err(reason) => Either::Left(ready(Err(Error::Rejected { peer: None, reason }.into()))),
         }
     }
