@@ -359,6 +359,35 @@ pub async fn read_shared_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<Shared
 }
 
 /// Reads an unsigned varint of at most `max_len` bytes, returning it and its length.
+/// Finds a whole frame at the start of `buf` without reading anything: the range of its
+/// payload in `buf` when the length prefix and all of the payload are there, `None` when more
+/// bytes are needed. A malformed prefix or a length over `limit` is an error, as in
+/// [`read_frame`]. For readers that decode frames straight out of their read buffer.
+pub fn buffered_frame(
+    buf: &[u8],
+    limit: usize,
+) -> Result<Option<std::ops::Range<usize>>, CodecError> {
+    let mut value: u64 = 0;
+    for (i, &b) in buf.iter().take(MAX_VARINT_LEN).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(CodecError::BadLength("not minimally encoded"));
+            }
+            if value > limit as u64 {
+                return Err(CodecError::TooLarge { limit, len: value });
+            }
+            let start = i + 1;
+            let end = start + value as usize;
+            return Ok((end <= buf.len()).then_some(start..end));
+        }
+    }
+    if buf.len() >= MAX_VARINT_LEN {
+        return Err(CodecError::BadLength("longer than 9 bytes"));
+    }
+    Ok(None)
+}
+
 async fn read_varint_counted<R: AsyncRead + Unpin>(
     io: &mut R,
     max_len: usize,
@@ -396,6 +425,25 @@ mod tests {
     use super::*;
     use crate::CborCodec;
     use futures::executor::block_on;
+
+    #[test]
+    fn buffered_frames_are_found_only_when_whole() {
+        let frame = FrameBuf::encode_raw(&[7u8; 300]);
+        let bytes = frame.as_bytes();
+        assert_eq!(buffered_frame(bytes, 1000).unwrap(), Some(2..302));
+        assert_eq!(buffered_frame(&bytes[..301], 1000).unwrap(), None);
+        assert_eq!(buffered_frame(&bytes[..1], 1000).unwrap(), None);
+        assert_eq!(buffered_frame(&[], 1000).unwrap(), None);
+        assert!(matches!(
+            buffered_frame(bytes, 100),
+            Err(CodecError::TooLarge {
+                limit: 100,
+                len: 300
+            })
+        ));
+        assert!(buffered_frame(&[0x80, 0x00], 1000).is_err());
+        assert!(buffered_frame(&[0xff; 10], usize::MAX).is_err());
+    }
 
     #[test]
     fn a_head_with_an_id_and_the_payload_are_the_frame_with_that_id() {

@@ -37,7 +37,7 @@ pub mod fuzz;
 pub use cbor::{CborCodec, DEFAULT_MAX_MESSAGE_SIZE};
 pub use envelope::{Envelope, StreamFrame};
 pub use frame::{
-    FrameBuf, FrameError, FrameHead, MAX_VARINT_LEN, SharedFrame, SharedHead, read_frame,
-    read_frame_body, read_frame_len, read_shared_frame, read_shared_head,
+    FrameBuf, FrameError, FrameHead, MAX_VARINT_LEN, SharedFrame, SharedHead, buffered_frame,
+    read_frame, read_frame_body, read_frame_len, read_shared_frame, read_shared_head,
 };
 pub use p2plane_core::{Codec, CodecError};

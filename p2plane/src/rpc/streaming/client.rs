@@ -306,17 +306,16 @@ async fn first_item<Q: Streaming>(
         })
     };
     let mut items = ItemStream {
-        inbox: Inbox {
-            items: rx,
+        inbox: Inbox::new(
+            rx,
             window,
             validate,
-            refused: |peer, reason| Error::Protocol {
+            |peer, reason| Error::Protocol {
                 peer,
                 reason: format!("item refused: {reason}"),
             },
             peer,
-            done: false,
-        },
+        ),
         first: None,
         gap,
         sleep: None,

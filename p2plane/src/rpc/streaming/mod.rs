@@ -202,9 +202,9 @@ impl Window {
 /// [`Streaming::validate_upload`]).
 pub(crate) type Check<T> = fn(&T) -> Result<(), String>;
 
-/// What the reader task hands to the consumer: an item and its payload length, or the error
+/// What the reader task hands to the consumer: items with their payload lengths, or the error
 /// that ended the stream. A clean end closes the channel.
-type Arrival<T> = Result<(T, u32), Error>;
+type Arrival<T> = Result<Vec<(T, u32)>, Error>;
 
 /// Signals from one stream's reader to its writer.
 #[derive(Default)]
@@ -259,108 +259,201 @@ pub(crate) struct Reader<R> {
     pub(crate) protocol: StreamProtocol,
 }
 
+/// What to do after a frame.
+enum Next {
+    Read,
+    Stop,
+}
+
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the remote's frames: items go to `items` (whose capacity is the window in items
     /// plus one, for the error that may end them), `Credit`s to our send credit. Its `End`
     /// closes `items`; the reader goes on for the `Credit`s that may follow, until the
     /// stream ends.
+    ///
+    /// Frames that are whole in the read buffer are decoded straight out of it, and the items
+    /// of one buffer go to the consumer as one batch: one channel message and one wake-up
+    /// per read rather than per item.
     pub(crate) async fn run<T: DeserializeOwned>(mut self, items: mpsc::Sender<Arrival<T>>) {
         let limit = frame_limit(&self.codec);
         let mut items = Some(items);
         let gone = self.gone.clone().wait();
         tokio::pin!(gone);
+        let mut batch = Vec::new();
         loop {
-            let read = tokio::select! {
-                biased;
-                read = read_frame(&mut self.io, limit) => read,
-                () = &mut gone => Err(FrameError::Io(std::io::ErrorKind::ConnectionAborted.into())),
-            };
-            let bytes = match read {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    // The end of the stream, a reset or a lost connection.
-                    self.ends.set_call_over();
-                    if let Some(items) = items {
-                        let error = match e {
-                            FrameError::Codec(CodecError::TooLarge { limit, len }) => {
-                                Error::TooLarge {
-                                    limit,
-                                    len,
-                                    response: self.remote_is_handler,
-                                }
-                            }
-                            FrameError::Codec(CodecError::Truncated { .. }) => {
-                                Error::ConnectionClosed { peer: self.peer }
-                            }
-                            FrameError::Io(e) => {
-                                crate::rpc::map_stream_error(e, self.peer, &self.protocol)
-                            }
-                            other => Error::Protocol {
-                                peer: self.peer,
-                                reason: other.to_string(),
-                            },
-                        };
-                        let _ = items.try_send(Err(error));
+            // Every frame already in the buffer.
+            loop {
+                let buffered = self.io.buffer();
+                let range = match p2plane_codec::buffered_frame(buffered, limit) {
+                    Ok(Some(range)) => range,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.send(&mut items, &mut batch);
+                        return self.failed(items, FrameError::Codec(e));
                     }
+                };
+                let decoded = self
+                    .codec
+                    .decode::<StreamFrame<T>>(&buffered[range.clone()]);
+                let len = u32::try_from(range.len()).unwrap_or(u32::MAX);
+                futures::io::AsyncBufReadExt::consume_unpin(&mut self.io, range.end);
+                if let Next::Stop = self.on_frame(decoded, len, &mut items, &mut batch) {
                     return;
                 }
-            };
-            let frame: StreamFrame<T> = match self.codec.decode(&bytes) {
-                Ok(frame) => frame,
-                Err(e) => return self.violation(items, format!("malformed frame: {e}")),
-            };
-            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            match frame {
-                StreamFrame::Credit(n, bytes) => self.credit.grant(n, bytes),
-                StreamFrame::Item(item) => {
-                    let Some(queue) = &items else {
-                        return self.violation(items, "an item after the end".to_owned());
-                    };
-                    if !self.window.arrived(len) {
-                        return self.violation(items, "an item beyond the granted room".to_owned());
+            }
+            self.send(&mut items, &mut batch);
+            // Then wait for more: a refill of an empty buffer, or the rest of a frame that
+            // straddles the buffer's end.
+            let more = tokio::select! {
+                biased;
+                more = async {
+                    if self.io.buffer().is_empty() {
+                        futures::io::AsyncBufReadExt::fill_buf(&mut self.io)
+                            .await
+                            .map_err(FrameError::Io)
+                            .and_then(|filled| {
+                                if filled.is_empty() {
+                                    Err(FrameError::Codec(CodecError::Truncated { expected: 0, got: 0 }))
+                                } else {
+                                    Ok(None)
+                                }
+                            })
+                    } else {
+                        read_frame(&mut self.io, limit).await.map(Some)
                     }
-                    if queue.try_send(Ok((item, len))).is_err() {
-                        // The consumer is gone, and the stream with it.
-                        self.ends.set_call_over();
+                } => more,
+                () = &mut gone => Err(FrameError::Io(std::io::ErrorKind::ConnectionAborted.into())),
+            };
+            match more {
+                Ok(None) => {}
+                Ok(Some(bytes)) => {
+                    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                    let decoded = self.codec.decode::<StreamFrame<T>>(&bytes);
+                    if let Next::Stop = self.on_frame(decoded, len, &mut items, &mut batch) {
                         return;
                     }
                 }
-                StreamFrame::End => {
-                    if items.take().is_none() {
-                        return self.violation::<T>(None, "a second end".to_owned());
-                    }
-                    self.ends.set_items_over();
-                    if self.remote_is_handler {
-                        self.ends.set_call_over();
-                    }
+                Err(e) => {
+                    self.send(&mut items, &mut batch);
+                    return self.failed(items, e);
                 }
-                other if self.remote_is_handler => {
-                    let error = match other {
-                        StreamFrame::Busy => Error::Busy { peer: self.peer },
-                        StreamFrame::Rejected(reason) => Error::Rejected {
-                            peer: Some(self.peer),
-                            reason,
-                        },
-                        StreamFrame::Failed(message) => Error::Failed {
-                            peer: self.peer,
-                            message,
-                        },
-                        _ => Error::RemoteShutdown { peer: self.peer },
-                    };
-                    self.ends.set_items_over();
-                    self.ends.set_call_over();
-                    if let Some(items) = items {
-                        let _ = items.try_send(Err(error));
-                    }
-                    return;
-                }
-                _ => return self.violation(items, "an error frame from the caller".to_owned()),
             }
         }
     }
 
-    fn violation<T>(&self, items: Option<mpsc::Sender<Arrival<T>>>, reason: String) {
+    /// Hands the items gathered so far to the consumer.
+    fn send<T>(&self, items: &mut Option<mpsc::Sender<Arrival<T>>>, batch: &mut Vec<(T, u32)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let Some(queue) = items else {
+            batch.clear();
+            return;
+        };
+        if queue.try_send(Ok(std::mem::take(batch))).is_err() {
+            // The consumer is gone, and the stream with it. (The queue has room for every
+            // batch: each holds an item, and no more items than the window are held.)
+            self.ends.set_call_over();
+            *items = None;
+        }
+    }
+
+    /// The stream failed: the end of the stream, a reset or a lost connection, or a frame
+    /// that could not be read.
+    fn failed<T>(&self, items: Option<mpsc::Sender<Arrival<T>>>, e: FrameError) {
+        self.ends.set_call_over();
+        let Some(items) = items else {
+            return;
+        };
+        let error = match e {
+            FrameError::Codec(CodecError::TooLarge { limit, len }) => Error::TooLarge {
+                limit,
+                len,
+                response: self.remote_is_handler,
+            },
+            FrameError::Codec(CodecError::Truncated { .. }) => {
+                Error::ConnectionClosed { peer: self.peer }
+            }
+            FrameError::Io(e) => crate::rpc::map_stream_error(e, self.peer, &self.protocol),
+            other => Error::Protocol {
+                peer: self.peer,
+                reason: other.to_string(),
+            },
+        };
+        let _ = items.try_send(Err(error));
+    }
+
+    fn on_frame<T>(
+        &self,
+        frame: Result<StreamFrame<T>, CodecError>,
+        len: u32,
+        items: &mut Option<mpsc::Sender<Arrival<T>>>,
+        batch: &mut Vec<(T, u32)>,
+    ) -> Next {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return self.violation(items, batch, format!("malformed frame: {e}")),
+        };
+        match frame {
+            StreamFrame::Credit(n, bytes) => self.credit.grant(n, bytes),
+            StreamFrame::Item(item) => {
+                if items.is_none() {
+                    return self.violation(items, batch, "an item after the end".to_owned());
+                }
+                if !self.window.arrived(len) {
+                    return self.violation(
+                        items,
+                        batch,
+                        "an item beyond the granted room".to_owned(),
+                    );
+                }
+                batch.push((item, len));
+            }
+            StreamFrame::End => {
+                if items.is_none() {
+                    return self.violation(items, batch, "a second end".to_owned());
+                }
+                self.send(items, batch);
+                *items = None;
+                self.ends.set_items_over();
+                if self.remote_is_handler {
+                    self.ends.set_call_over();
+                }
+            }
+            other if self.remote_is_handler => {
+                let error = match other {
+                    StreamFrame::Busy => Error::Busy { peer: self.peer },
+                    StreamFrame::Rejected(reason) => Error::Rejected {
+                        peer: Some(self.peer),
+                        reason,
+                    },
+                    StreamFrame::Failed(message) => Error::Failed {
+                        peer: self.peer,
+                        message,
+                    },
+                    _ => Error::RemoteShutdown { peer: self.peer },
+                };
+                self.send(items, batch);
+                self.ends.set_items_over();
+                self.ends.set_call_over();
+                if let Some(items) = items.take() {
+                    let _ = items.try_send(Err(error));
+                }
+                return Next::Stop;
+            }
+            _ => return self.violation(items, batch, "an error frame from the caller".to_owned()),
+        }
+        Next::Read
+    }
+
+    fn violation<T>(
+        &self,
+        items: &mut Option<mpsc::Sender<Arrival<T>>>,
+        batch: &mut Vec<(T, u32)>,
+        reason: String,
+    ) -> Next {
         tracing::debug!(peer = %self.peer, %reason, "stream protocol violation");
+        self.send(items, batch);
         self.ends.set_call_over();
         let error = if self.remote_is_handler {
             Error::Protocol {
@@ -373,15 +466,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 reason,
             }
         };
-        if let Some(items) = items {
+        if let Some(items) = items.take() {
             let _ = items.try_send(Err(error));
         }
+        Next::Stop
     }
 }
 
 /// The consumer's end of one direction: items in arrival order, each granted back once taken.
 pub(crate) struct Inbox<T> {
     items: mpsc::Receiver<Arrival<T>>,
+    /// The rest of the batch being taken.
+    current: std::vec::IntoIter<(T, u32)>,
     window: Arc<Window>,
     validate: Option<Check<T>>,
     /// The error a refused item ends the stream with.
@@ -391,6 +487,24 @@ pub(crate) struct Inbox<T> {
 }
 
 impl<T> Inbox<T> {
+    pub(crate) fn new(
+        items: mpsc::Receiver<Arrival<T>>,
+        window: Arc<Window>,
+        validate: Option<Check<T>>,
+        refused: fn(PeerId, String) -> Error,
+        peer: PeerId,
+    ) -> Self {
+        Self {
+            items,
+            current: Vec::new().into_iter(),
+            window,
+            validate,
+            refused,
+            peer,
+            done: false,
+        }
+    }
+
     fn poll_item(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -399,27 +513,31 @@ impl<T> Inbox<T> {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.items.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
+        let (item, len) = loop {
+            if let Some(next) = self.current.next() {
+                break next;
             }
-            Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(Some(Ok((item, len)))) => {
-                self.window.taken(len);
-                if let Some(check) = self.validate
-                    && let Err(reason) = check(&item)
-                {
+            match self.items.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err((self.refused)(self.peer, reason))));
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Ok(item)))
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(batch))) => self.current = batch.into_iter(),
             }
+        };
+        self.window.taken(len);
+        if let Some(check) = self.validate
+            && let Err(reason) = check(&item)
+        {
+            self.done = true;
+            return Poll::Ready(Some(Err((self.refused)(self.peer, reason))));
         }
+        Poll::Ready(Some(Ok(item)))
     }
 }
 
@@ -428,9 +546,15 @@ impl<T> Inbox<T> {
 pub(crate) struct Writer<W> {
     pub(crate) io: W,
     codec: CborCodec,
+    /// Frames to write, from `start` on.
     batch: Vec<u8>,
+    start: usize,
+    /// Where a frame is encoded, after [`HEAD`] bytes kept for its length prefix.
     scratch: Vec<u8>,
 }
+
+/// Room for a frame's length prefix before its payload.
+const HEAD: usize = p2plane_codec::MAX_VARINT_LEN;
 
 impl<W: futures::AsyncWrite + Unpin> Writer<W> {
     pub(crate) fn new(io: W, codec: CborCodec) -> Self {
@@ -438,24 +562,34 @@ impl<W: futures::AsyncWrite + Unpin> Writer<W> {
             io,
             codec,
             batch: Vec::with_capacity(crate::rpc::BATCH),
+            start: 0,
             scratch: Vec::new(),
         }
     }
 
     /// Adds a frame to the batch; returns the payload's length. An item over the size limit
-    /// is not added.
+    /// is not added. A large frame that finds the batch empty becomes the batch, uncopied.
     fn put<T: Serialize>(&mut self, frame: &StreamFrame<&T>) -> Result<usize, CodecError> {
         self.scratch.clear();
+        self.scratch.resize(HEAD, 0);
         self.codec.encode(frame, &mut self.scratch)?;
-        let len = self.scratch.len();
-        put_varint(&mut self.batch, len as u64);
-        self.batch.extend_from_slice(&self.scratch);
+        let len = self.scratch.len() - HEAD;
+        let (prefix, n) = varint(len as u64);
+        let first = HEAD - n;
+        self.scratch[first..HEAD].copy_from_slice(&prefix[..n]);
+        if self.batch.is_empty() && len >= crate::rpc::READ_BUFFER {
+            std::mem::swap(&mut self.batch, &mut self.scratch);
+            self.start = first;
+        } else {
+            self.batch.extend_from_slice(&self.scratch[first..]);
+        }
         Ok(len)
     }
 
     /// Adds a frame whose payload is a raw encoded value (the request).
     fn put_raw(&mut self, payload: &[u8]) {
-        put_varint(&mut self.batch, payload.len() as u64);
+        let (prefix, n) = varint(payload.len() as u64);
+        self.batch.extend_from_slice(&prefix[..n]);
         self.batch.extend_from_slice(payload);
     }
 
@@ -465,28 +599,34 @@ impl<W: futures::AsyncWrite + Unpin> Writer<W> {
     }
 
     fn full(&self) -> bool {
-        self.batch.len() >= crate::rpc::BATCH
+        self.batch.len() - self.start >= crate::rpc::BATCH
     }
 
     /// Writes the batch.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.batch.is_empty() {
-            self.io.write_all(&self.batch).await?;
-            self.batch.clear();
-            if self.batch.capacity() > 4 * crate::rpc::BATCH {
-                self.batch.shrink_to(crate::rpc::BATCH);
-            }
+        if self.batch.len() > self.start {
+            self.io.write_all(&self.batch[self.start..]).await?;
+        }
+        self.batch.clear();
+        self.start = 0;
+        if self.batch.capacity() > 4 * crate::rpc::BATCH {
+            self.batch.shrink_to(crate::rpc::BATCH);
         }
         Ok(())
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+/// `n` as an unsigned varint: its bytes, and how many there are.
+fn varint(mut n: u64) -> ([u8; HEAD], usize) {
+    let mut out = [0u8; HEAD];
+    let mut i = 0;
     while n >= 0x80 {
-        out.push((n as u8) | 0x80);
+        out[i] = (n as u8) | 0x80;
         n >>= 7;
+        i += 1;
     }
-    out.push(n as u8);
+    out[i] = n as u8;
+    (out, i + 1)
 }
 
 /// Why a writer's loop over its items stopped.

@@ -225,17 +225,16 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     );
     let _reading = AbortOnDrop(reading);
     let mut request = Request::for_stream::<Q>(peer, body);
-    let mut uploads = Uploads::from_results(InboxStream(Inbox {
-        items: rx,
-        window: Arc::clone(&window),
-        validate: None,
-        refused: |peer, reason| Error::Rejected {
+    let mut uploads = Uploads::from_results(InboxStream(Inbox::new(
+        rx,
+        Arc::clone(&window),
+        None,
+        |peer, reason| Error::Rejected {
             peer: Some(peer),
             reason,
         },
         peer,
-        done: false,
-    }));
+    )));
     uploads.validate = Some(Q::validate_upload);
     request.extensions_mut().insert(uploads);
 
