@@ -133,7 +133,7 @@ async fn items_arrive_in_order_and_end_cleanly_over_quic() {
 fn serve_sums(node: &Node<Echo>) {
     node.serve_stream::<Sums, _>(
         ServiceBuilder::new()
-            .layer(ValidateLayer::with(|_: &Request<String>| Ok(())))
+            .layer(ValidateLayer::items_only())
             .service(service_fn(|mut req: Request<String>| async move {
                 let uploads = Uploads::<u64>::take(&mut req);
                 let sums = uploads.scan(0u64, |sum, upload| {

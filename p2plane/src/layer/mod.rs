@@ -94,4 +94,4 @@ pub mod validate;
 pub use per_peer::{InFlightLimitLayer, RateLimitLayer};
 pub use retry::{Budget, PeerSelector, Retry, RetryLayer, RetryPolicy, TpsBudget};
 pub use timeout::{ItemTimeout, Timeout, TimeoutLayer};
-pub use validate::{ByBody, Validate, ValidateItems, ValidateLayer, Validator};
+pub use validate::{ByBody, ItemsOnly, Validate, ValidateItems, ValidateLayer, Validator};

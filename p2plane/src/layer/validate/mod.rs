@@ -29,6 +29,17 @@ impl<T: ValidateBody> Validator<T> for ByBody {
     }
 }
 
+/// The validator that lets every request through: with [`ValidateLayer::items_only`], only a
+/// stream's items (or uploads) are checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ItemsOnly;
+
+impl<T> Validator<T> for ItemsOnly {
+    fn check(&self, _: &Request<T>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 impl<T, F> Validator<T> for F
 where
     F: Fn(&Request<T>) -> Result<(), String>,
