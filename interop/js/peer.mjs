@@ -1,7 +1,9 @@
 // The js-libp2p side of P2PLane's interop test (p2plane/tests/interop_js.rs).
 //
-//   node peer.mjs dial <multiaddr> <peer id>   identify, ping, a Kademlia query and one
-//                                              request to a P2PLane node; one line each
+//   node peer.mjs dial <multiaddr> <peer id>   identify, ping, a Kademlia query, one
+//                                              request and one streaming call (1000 items,
+//                                              flow controlled) to a P2PLane node; one line
+//                                              each
 //   node peer.mjs serve                        serve the echo protocol until stdin closes
 //   node peer.mjs serve-ws                     the same, listening on WebSocket
 //
@@ -37,6 +39,7 @@ if (typeof Promise.withResolvers !== 'function') {
 }
 
 const ECHO = '/p2plane-interop/echo/1.0.0'
+const COUNT = '/p2plane-interop/count/1.0.0'
 const KAD = '/p2plane/kad/1.0.0'
 
 function concat (a, b) {
@@ -61,7 +64,8 @@ function frame (value) {
   return concat(varint(payload.length), payload)
 }
 
-// The frame at the start of `buf`, decoded, or undefined while it is incomplete.
+// The frame at the start of `buf`, decoded, with where it ends; undefined while it is
+// incomplete.
 function parseFrame (buf) {
   let length = 0
   let i = 0
@@ -72,7 +76,7 @@ function parseFrame (buf) {
   }
   const start = i + 1
   if (buf.length < start + length) return undefined
-  return { value: decode(buf.subarray(start, start + length)) }
+  return { value: decode(buf.subarray(start, start + length)), end: start + length }
 }
 
 // Reads one frame from the stream: done as soon as the frame is complete (the sender may
@@ -88,6 +92,54 @@ function readFrame (stream) {
     })
     stream.addEventListener('close', () => reject(new Error('stream closed before a whole frame')))
   })
+}
+
+// A P2PLane streaming call (docs/wire.md, "Streaming calls"): the request [from, to], a
+// window of WINDOW items for the answers and `End` (no uploads); then the handler's frames:
+// its `Credit`, the numbers as `Item`s, `End`. Room is granted back in halves of the window,
+// and an item beyond what was granted fails the call.
+async function countStream (target) {
+  const WINDOW = 16
+  const BYTES = 1 << 20
+  const stream = await node.dialProtocol(target, COUNT)
+  stream.send(concat(concat(frame([0, 1000]), frame({ Credit: [WINDOW, BYTES] })), frame('End')))
+  const result = await new Promise((resolve, reject) => {
+    let buf = new Uint8Array(0)
+    let received = 0
+    let granted = WINDOW
+    let taken = 0
+    let sum = 0
+    let first
+    let last
+    let credit = false
+    stream.addEventListener('message', (evt) => {
+      buf = concat(buf, evt.data instanceof Uint8Array ? evt.data : evt.data.subarray())
+      for (let parsed = parseFrame(buf); parsed !== undefined; parsed = parseFrame(buf)) {
+        buf = buf.subarray(parsed.end)
+        const v = parsed.value
+        if (v === 'End') return resolve({ received, sum, first, last, credit })
+        if (v !== null && typeof v === 'object' && 'Credit' in v) {
+          credit = true
+        } else if (v !== null && typeof v === 'object' && 'Item' in v) {
+          received++
+          if (received > granted) return reject(new Error(`item ${received} beyond the ${granted} granted`))
+          sum += v.Item
+          if (first === undefined) first = v.Item
+          last = v.Item
+          if (++taken === WINDOW / 2) {
+            stream.send(frame({ Credit: [taken, BYTES] }))
+            granted += taken
+            taken = 0
+          }
+        } else {
+          return reject(new Error(`unexpected frame ${JSON.stringify(v)}`))
+        }
+      }
+    })
+    stream.addEventListener('close', () => reject(new Error('stream closed before its End')))
+  })
+  await stream.close()
+  return `stream ok n=${result.received} sum=${result.sum} first=${result.first} last=${result.last} credit=${result.credit}`
 }
 
 const [mode, addr, peer] = process.argv.slice(2)
@@ -146,6 +198,8 @@ if (mode === 'serve' || mode === 'serve-ws') {
   stream.send(frame({ text: 'hello from js' }))
   await stream.close()
   console.log(`echo ok ${JSON.stringify(await readFrame(stream))}`)
+
+  console.log(await countStream(target))
   await node.stop()
 } else {
   console.error('usage: node peer.mjs dial <multiaddr> <peer id> | serve')

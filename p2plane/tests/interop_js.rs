@@ -1,6 +1,7 @@
 //! Interoperability with js-libp2p (`interop/js`, from the npm registry), both ways:
-//! identify, ping, a Kademlia query on P2PLane's DHT protocol name, and a request on a
-//! P2PLane protocol in the framing of `docs/wire.md`; over TCP and over WebSocket. Skipped,
+//! identify, ping, a Kademlia query on P2PLane's DHT protocol name, a request on a
+//! P2PLane protocol in the framing of `docs/wire.md`, and (js calling P2PLane) a streaming
+//! call whose 1000 items js reads under its own small window; over TCP and over WebSocket. Skipped,
 //! with a message, where Node.js or the npm packages are not available.
 
 mod common;
@@ -28,6 +29,15 @@ struct Shout {
 
 impl Message for Shout {
     const PROTOCOL: &'static str = "/p2plane-interop/echo/1.0.0";
+}
+
+/// Streams the numbers `from..to`.
+struct Count;
+impl p2plane::Streaming for Count {
+    const NAME: &'static str = "/p2plane-interop/count/1.0.0";
+    type Request = (u64, u64);
+    type Upload = ();
+    type Item = u64;
 }
 
 const JS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,6 +98,11 @@ async fn js_dials_p2plane(test: &str, listen: &str) {
         })
     }))
     .unwrap();
+    node.serve_stream::<Count, _>(service_fn(|req: Request<(u64, u64)>| async move {
+        let (from, to) = *req.body();
+        Ok::<_, Infallible>(futures::stream::iter((from..to).map(Ok::<_, Infallible>)))
+    }))
+    .unwrap();
     let addr = first_addr(&node).await;
 
     let output = tokio::time::timeout(
@@ -115,6 +130,7 @@ async fn js_dials_p2plane(test: &str, listen: &str) {
             "ping ok",
             "kad ok",
             r#"echo ok {"Ok":{"text":"p2plane heard hello from js"}}"#,
+            "stream ok n=1000 sum=499500 first=0 last=999 credit=true",
         ]
     );
 }
