@@ -169,7 +169,7 @@ impl<P: Protocol> Node<P> {
             read_timeout: self.shared.config.read_timeout,
             write_timeout: self.shared.config.write_timeout,
             budget: Arc::clone(&self.shared.budget),
-            shared_streams: Default::default(),
+            shared_streams: Arc::new(rpc::PeerSlots::new(server::MAX_SHARED_PER_PEER)),
             shared_total: Arc::new(Semaphore::new(self.shared.config.max_shared_streams)),
             shared_idle: self.shared.config.shared_stream_idle_timeout,
             metrics: self.shared.metrics.clone(),
@@ -237,7 +237,7 @@ impl<P: Protocol> Node<P> {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             config: config.streams.clone(),
-            per_peer: Default::default(),
+            per_peer: Arc::new(rpc::PeerSlots::new(config.streams.max_per_peer)),
             total: Arc::new(Semaphore::new(config.streams.max_inbound)),
             helpers: Arc::new(Semaphore::new(config.max_concurrent_inbound)),
         });

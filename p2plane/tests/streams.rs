@@ -389,44 +389,52 @@ async fn a_handler_error_ends_the_stream_after_its_items() {
     assert!(matches!(err, Error::Failed { .. }), "{err:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_peer_going_away_mid_stream_is_an_error_not_an_end() {
-    let (server, client, peer) = pair(TCP, |_| {}).await;
-    server
-        .serve_stream::<Count, _>(service_fn(|_: Request<(u64, u64)>| async move {
-            // One item, then nothing: the stream stays open until the node goes.
-            Ok::<_, Infallible>(stream::iter([Ok(1)]).chain(stream::pending()))
-        }))
-        .unwrap();
+/// Serves `Count` with one item, then nothing: the stream stays open until something ends
+/// it from outside.
+fn serve_one_then_nothing(node: &Node<Echo>) {
+    node.serve_stream::<Count, _>(service_fn(|_: Request<(u64, u64)>| async move {
+        Ok::<_, Infallible>(stream::iter([Ok(1)]).chain(stream::pending()))
+    }))
+    .unwrap();
+}
+
+/// Opens a `Count` stream and takes its first item.
+async fn first_of(client: &Node<Echo>, peer: PeerId) -> ItemStream<u64> {
     let mut items = client
         .stream_client::<Count>()
         .request(peer, (0, 0))
         .await
         .unwrap();
     assert_eq!(items.next().await.unwrap().unwrap(), 1);
-    assert!(client.disconnect(peer).await.unwrap());
-    let end = within("the stream's error", items.next()).await;
-    assert!(
-        matches!(end, Some(Err(Error::ConnectionClosed { .. }))),
-        "{end:?}"
-    );
-    drop(server);
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_going_away_mid_stream_is_an_error_not_an_end() {
+    for (transport, caller_closes) in [(TCP, true), (TCP, false), (QUIC, true), (QUIC, false)] {
+        let (server, client, peer) = pair(transport, |_| {}).await;
+        serve_one_then_nothing(&server);
+        let mut items = first_of(&client, peer).await;
+        // Either side closes the connection: the caller's own disconnect, or the handler's
+        // side dropping it (over yamux, that reads as a clean end of stream).
+        if caller_closes {
+            assert!(client.disconnect(peer).await.unwrap());
+        } else {
+            assert!(server.disconnect(client.local_peer_id()).await.unwrap());
+        }
+        let end = within("the stream's error", items.next()).await;
+        assert!(
+            matches!(end, Some(Err(Error::ConnectionClosed { peer: p })) if p == peer),
+            "{transport}, caller closes: {caller_closes}: {end:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_shutting_down_ends_its_streams_with_a_typed_error() {
     let (server, client, peer) = pair(QUIC, |_| {}).await;
-    server
-        .serve_stream::<Count, _>(service_fn(|_: Request<(u64, u64)>| async move {
-            Ok::<_, Infallible>(stream::iter([Ok(1)]).chain(stream::pending()))
-        }))
-        .unwrap();
-    let mut items = client
-        .stream_client::<Count>()
-        .request(peer, (0, 0))
-        .await
-        .unwrap();
-    assert_eq!(items.next().await.unwrap().unwrap(), 1);
+    serve_one_then_nothing(&server);
+    let mut items = first_of(&client, peer).await;
     server.shutdown().await;
     let end = within("the stream's error", items.next()).await;
     assert!(

@@ -11,8 +11,6 @@ use crate::types::{Digest, Round, Transactions};
 /// The most batch bytes a worker stores; beyond, other workers' batches are answered `Busy`
 /// until garbage collection frees room.
 pub(crate) const MAX_STORE_BYTES: usize = 2 << 30;
-/// The most batch bytes in one batch-sync answer.
-pub(crate) const MAX_SYNC_ANSWER_BYTES: usize = 6 << 20;
 /// Batches by digest, each with the primary's round when it was stored (for garbage
 /// collection).
 #[derive(Default)]
@@ -43,21 +41,14 @@ impl BatchStore {
         true
     }
 
-    /// The held batches among `wanted`, in order, up to [`MAX_SYNC_ANSWER_BYTES`] (at least
-    /// one). Only shared handles are taken: the lock is not held while batches are copied.
+    /// The held batches among `wanted`, in order. Only shared handles are taken: the lock is
+    /// not held while batches are copied (a batch-sync answer streams them, each copied when
+    /// the caller has room for it).
     pub(crate) fn held(&self, wanted: &[Digest]) -> Vec<Arc<Transactions>> {
-        let mut bytes = 0;
-        let mut held = Vec::new();
-        for digest in wanted {
-            if let Some((batch, _)) = self.batches.get(digest) {
-                bytes += batch.0.len();
-                if bytes > MAX_SYNC_ANSWER_BYTES && !held.is_empty() {
-                    break;
-                }
-                held.push(Arc::clone(batch));
-            }
-        }
-        held
+        wanted
+            .iter()
+            .filter_map(|digest| self.batches.get(digest).map(|(batch, _)| Arc::clone(batch)))
+            .collect()
     }
 
     /// The digests of `wanted` not held.

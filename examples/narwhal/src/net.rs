@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use p2plane::{
-    Client, Error, Node, Protocol, Request, RetryLayer, RetryPolicy, TimeoutLayer,
+    Client, Error, Node, Protocol, Request, RetryLayer, RetryPolicy, StreamClient, Streaming,
+    TimeoutLayer,
     layer::{Retry, Timeout},
     tower::{ServiceBuilder, ServiceExt},
 };
@@ -24,14 +26,61 @@ pub(crate) fn reliable<P: Protocol, Q: Protocol>(
     timeout: Duration,
     retries: u32,
 ) -> Reliable<Q> {
-    let policy = RetryPolicy::exponential(retries)
-        .with_base_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(1))
-        .without_budget();
     ServiceBuilder::new()
-        .layer(RetryLayer::new(policy))
+        .layer(RetryLayer::new(policy(retries)))
         .layer(TimeoutLayer::new(timeout))
         .service(node.client_for::<Q>())
+}
+
+/// Up to `retries` retries, backing off from 50 ms to 1 s.
+fn policy(retries: u32) -> RetryPolicy {
+    RetryPolicy::exponential(retries)
+        .with_base_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .without_budget()
+}
+
+/// A [`Reliable`] client of a streaming protocol: retried until the first item arrives (never
+/// after), each attempt's first item and each later item within the timeout.
+pub(crate) type ReliableStream<Q> = Retry<RetryPolicy, Timeout<StreamClient<Q>>>;
+
+/// A [`ReliableStream`] client for streaming protocol `Q` on `node`.
+pub(crate) fn reliable_stream<P: Protocol, Q: Streaming>(
+    node: &Node<P>,
+    timeout: Duration,
+    retries: u32,
+) -> ReliableStream<Q> {
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(policy(retries)))
+        .layer(TimeoutLayer::new(timeout))
+        .service(node.stream_client::<Q>())
+}
+
+/// Opens a stream with `request` through `client` and hands each item to `item` as it
+/// arrives, until the stream ends or fails; gives up once the garbage-collection round passes
+/// `round`. Returns how many items arrived.
+pub(crate) async fn stream_until_gc<Q: Streaming>(
+    client: ReliableStream<Q>,
+    request: Request<Q::Request>,
+    mut gc: watch::Receiver<Round>,
+    round: Round,
+    mut item: impl FnMut(Q::Item),
+) -> usize {
+    let consume = async {
+        let Ok(mut items) = client.oneshot(request).await else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(Ok(next)) = items.next().await {
+            item(next);
+            n += 1;
+        }
+        n
+    };
+    tokio::select! {
+        n = consume => n,
+        _ = gc.wait_for(|gc_round| *gc_round > round) => 0,
+    }
 }
 
 /// Sends `request` through `client`, giving up (with `None`) once the garbage-collection

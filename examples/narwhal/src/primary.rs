@@ -22,10 +22,10 @@ use crate::{
     committee::{Committee, ConsensusRule, Parameters},
     consensus::Consensus,
     log::Logger,
-    net::{Reliable, reliable, send_until_gc},
+    net::{Reliable, ReliableStream, reliable, reliable_stream, send_until_gc, stream_until_gc},
     types::{
         AuthorityIndex, BatchSyncProtocol, Certificate, CertificateProtocol,
-        CertificateSyncProtocol, Digest, Header, HeaderProtocol, Round, Vote,
+        CertificateSyncProtocol, Digest, Header, HeaderProtocol, Round, Transactions, Vote,
     },
 };
 
@@ -201,7 +201,7 @@ pub(crate) fn start(
         ))?;
     let events = channels.events.clone();
     ctx.node
-        .serve_protocol::<CertificateSyncProtocol, _>(service_fn(
+        .serve_stream::<CertificateSyncProtocol, _>(service_fn(
             move |req: Request<Vec<Digest>>| {
                 let events = events.clone();
                 async move {
@@ -212,7 +212,8 @@ pub(crate) fn start(
                         .send(CoreEvent::CertificateRequest(digests, reply))
                         .await
                         .map_err(|_| Error::Shutdown)?;
-                    answer.await.map_err(|_| Error::Shutdown)
+                    let held = answer.await.map_err(|_| Error::Shutdown)?;
+                    Ok::<_, Error>(futures::stream::iter(held.into_iter().map(Ok)))
                 }
             },
         ))?;
@@ -239,8 +240,8 @@ struct Core {
     gc: watch::Receiver<Round>,
     headers: Reliable<HeaderProtocol>,
     certificates: Reliable<CertificateProtocol>,
-    cert_sync: Reliable<CertificateSyncProtocol>,
-    batch_sync: Reliable<BatchSyncProtocol>,
+    cert_sync: ReliableStream<CertificateSyncProtocol>,
+    batch_sync: ReliableStream<BatchSyncProtocol>,
 
     /// Stored certificates (causally complete: every parent is stored too).
     certs: HashMap<Digest, Arc<Certificate>>,
@@ -268,8 +269,8 @@ impl Core {
             mpsc::channel((FETCH_ATTEMPTS + 1) * ctx.tasks.available_permits().max(1));
         let headers = reliable(&ctx.node, Duration::from_secs(5), 20);
         let certificates = reliable(&ctx.node, Duration::from_secs(5), 20);
-        let cert_sync = reliable(&ctx.node, Duration::from_secs(5), 2);
-        let batch_sync = reliable(&ctx.node, Duration::from_secs(10), 2);
+        let cert_sync = reliable_stream(&ctx.node, Duration::from_secs(5), 2);
+        let batch_sync = reliable_stream(&ctx.node, Duration::from_secs(10), 2);
         let consensus = Consensus::new(
             Arc::clone(&ctx.committee),
             ctx.params.gc_depth,
@@ -827,23 +828,21 @@ impl Core {
                         }
                         let mut found = Vec::new();
                         for peer in peers {
-                            let request = Request::for_protocol::<CertificateSyncProtocol>(
+                            let request = Request::for_stream::<CertificateSyncProtocol>(
                                 peer,
                                 left.iter().copied().collect(),
                             );
-                            if let Some(Ok(certs)) =
-                                send_until_gc(client.clone(), request, gc.clone(), round).await
-                            {
-                                for c in certs {
-                                    if left.contains(&c.digest())
-                                        && check_header(&c.header, &committee).is_ok()
-                                        && c.verify(&committee).is_ok()
-                                    {
-                                        left.remove(&c.digest());
-                                        found.push(c);
-                                    }
+                            // Each certificate is checked as it arrives.
+                            let take = |c: Certificate| {
+                                if left.contains(&c.digest())
+                                    && check_header(&c.header, &committee).is_ok()
+                                    && c.verify(&committee).is_ok()
+                                {
+                                    left.remove(&c.digest());
+                                    found.push(c);
                                 }
-                            }
+                            };
+                            stream_until_gc(client.clone(), request, gc.clone(), round, take).await;
                             if left.is_empty() {
                                 break;
                             }
@@ -893,18 +892,15 @@ impl Core {
                             if left.is_empty() {
                                 break 'attempts;
                             }
-                            let request = Request::for_protocol::<BatchSyncProtocol>(peer, left);
-                            if let Some(Ok(batches)) =
-                                send_until_gc(client.clone(), request, gc.clone(), round).await
-                            {
-                                let mut store = BatchStore::lock(&store);
-                                for batch in batches {
-                                    let digest = batch.digest();
-                                    if missing.contains(&digest) {
-                                        store.insert(digest, batch, stamp);
-                                    }
+                            let request = Request::for_stream::<BatchSyncProtocol>(peer, left);
+                            // Each batch is stored as it arrives.
+                            let take = |batch: Transactions| {
+                                let digest = batch.digest();
+                                if missing.contains(&digest) {
+                                    BatchStore::lock(&store).insert(digest, batch, stamp);
                                 }
-                            }
+                            };
+                            stream_until_gc(client.clone(), request, gc.clone(), round, take).await;
                         }
                     }
                     let _ = internal.send(Internal::BatchesReady(header_id)).await;

@@ -7,8 +7,8 @@
 use std::{collections::BTreeSet, fmt};
 
 use base64::Engine as _;
-use p2plane::Protocol;
 use p2plane::transport::libp2p::identity::Keypair;
+use p2plane::{Protocol, Streaming};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest as _, Sha256};
@@ -373,13 +373,15 @@ impl Protocol for BatchProtocol {
     type Response = ();
 }
 
-/// Missing batches by digest: `/narwhal/batch-sync/1`, answered with those the worker holds.
+/// Missing batches by digest: `/narwhal/batch-sync/2`, a P2PLane stream of those the worker
+/// holds, one batch an item (flow control paces them to the caller; no answer size cap).
 #[derive(Debug)]
 pub struct BatchSyncProtocol;
-impl Protocol for BatchSyncProtocol {
-    const NAME: &'static str = "/narwhal/batch-sync/1";
+impl Streaming for BatchSyncProtocol {
+    const NAME: &'static str = "/narwhal/batch-sync/2";
     type Request = Vec<Digest>;
-    type Response = Vec<Transactions>;
+    type Upload = ();
+    type Item = Transactions;
 }
 
 /// A header to the other primaries: `/narwhal/header/1`, answered with a vote, or rejected
@@ -401,14 +403,15 @@ impl Protocol for CertificateProtocol {
     type Response = ();
 }
 
-/// Missing certificates by digest: `/narwhal/cert-sync/1`, answered with those the primary
-/// holds.
+/// Missing certificates by digest: `/narwhal/cert-sync/2`, a P2PLane stream of those the
+/// primary holds, one certificate an item.
 #[derive(Debug)]
 pub struct CertificateSyncProtocol;
-impl Protocol for CertificateSyncProtocol {
-    const NAME: &'static str = "/narwhal/cert-sync/1";
+impl Streaming for CertificateSyncProtocol {
+    const NAME: &'static str = "/narwhal/cert-sync/2";
     type Request = Vec<Digest>;
-    type Response = Vec<Certificate>;
+    type Upload = ();
+    type Item = Certificate;
 }
 
 #[cfg(test)]

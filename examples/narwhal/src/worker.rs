@@ -92,9 +92,13 @@ pub(crate) fn start(ctx: WorkerContext) -> Result<tokio::task::JoinHandle<()>, N
     // Batch sync: whatever is held of what is asked, up to a size bound.
     let store = Arc::clone(&ctx.store);
     let committee = Arc::clone(&ctx.committee);
-    ctx.node.serve_protocol::<BatchSyncProtocol, _>(service_fn(
+    ctx.node.serve_stream::<BatchSyncProtocol, _>(service_fn(
         move |req: Request<Vec<Digest>>| {
-            let answer = answer_sync(&store, &committee, req.peer(), req.body());
+            // Each batch is copied out of its shared handle only when the caller has room
+            // for it.
+            let answer = answer_sync(&store, &committee, req.peer(), req.body()).map(|held| {
+                futures::stream::iter(held).map(|batch| Ok(Transactions::clone(&batch)))
+            });
             async move { answer }
         },
     ))?;
@@ -117,7 +121,7 @@ fn answer_sync(
     committee: &Committee,
     peer: p2plane::PeerId,
     wanted: &[Digest],
-) -> Result<Vec<Transactions>, Error> {
+) -> Result<Vec<Arc<Transactions>>, Error> {
     if committee.index_of(&peer).is_none() {
         return Err(Error::Rejected {
             peer: None,
@@ -133,11 +137,7 @@ fn answer_sync(
             ),
         });
     }
-    let held = BatchStore::lock(store).held(wanted);
-    Ok(held
-        .iter()
-        .map(|batch| Transactions::clone(batch))
-        .collect())
+    Ok(BatchStore::lock(store).held(wanted))
 }
 
 struct Pending {
@@ -286,7 +286,8 @@ mod tests {
         assert!(BatchStore::lock(&store).insert(digest, batch.clone(), 1));
 
         let answer = answer_sync(&store, &committee, member, &[digest]).unwrap();
-        assert_eq!(answer, vec![batch]);
+        assert_eq!(answer.len(), 1);
+        assert_eq!(*answer[0], batch);
         let stranger = Keypair::generate_ed25519().public().to_peer_id();
         assert!(matches!(
             answer_sync(&store, &committee, stranger, &[digest]),

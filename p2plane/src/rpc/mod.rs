@@ -56,6 +56,53 @@ pub(crate) const READ_BUFFER: usize = 4 * 1024;
 /// Bytes gathered into one write on a shared stream.
 pub(crate) const BATCH: usize = 64 * 1024;
 
+/// Streams open per peer, up to a limit: the places of one served protocol's streams.
+pub(crate) struct PeerSlots {
+    open: std::sync::Mutex<std::collections::HashMap<PeerId, usize>>,
+    max: usize,
+}
+
+impl PeerSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            open: Default::default(),
+            max,
+        }
+    }
+
+    /// A place for one more of `peer`'s streams, freed when dropped; `None` at the limit.
+    pub(crate) fn take(self: &std::sync::Arc<Self>, peer: PeerId) -> Option<PeerSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(peer).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            slots: std::sync::Arc::clone(self),
+            peer,
+        })
+    }
+}
+
+/// One of a peer's places in [`PeerSlots`]; freed when dropped.
+pub(crate) struct PeerSlot {
+    slots: std::sync::Arc<PeerSlots>,
+    peer: PeerId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// A frame queued for a shared stream, with whatever must live until it is written.
 pub(crate) trait Outgoing {
     /// Appends its bytes to `batch`.

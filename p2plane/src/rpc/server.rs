@@ -30,7 +30,7 @@ const INLINE_LIMIT: Duration = Duration::from_micros(50);
 const SPAWN_AFTER_SLOW: u32 = 64;
 
 /// Shared streams one peer may have open per protocol (a client opens two).
-const MAX_SHARED_PER_PEER: usize = 8;
+pub(crate) const MAX_SHARED_PER_PEER: usize = 8;
 
 pub(crate) struct ServerContext {
     pub(crate) codec: CborCodec,
@@ -43,8 +43,8 @@ pub(crate) struct ServerContext {
     pub(crate) write_timeout: Duration,
     /// The node's inbound byte budget, shared by all its protocols.
     pub(crate) budget: Arc<Budget>,
-    /// Shared streams open per peer.
-    pub(crate) shared_streams: std::sync::Mutex<std::collections::HashMap<PeerId, usize>>,
+    /// Shared streams open per peer (at most [`MAX_SHARED_PER_PEER`]).
+    pub(crate) shared_streams: Arc<crate::rpc::PeerSlots>,
     /// Shared streams open in all (for this protocol); a stream costs no worker permit.
     pub(crate) shared_total: Arc<Semaphore>,
     /// A shared stream on which no frame begins for this long is closed.
@@ -151,7 +151,7 @@ pub(crate) async fn run_shared<P: Protocol, H: Handler<P>>(
     while let Some((peer, stream)) = next(&ctx, &mut inbound).await {
         // A shared stream holds a place among the peer's and among all shared streams, but
         // no worker: an idle stream costs no handler capacity.
-        let place = SharedSlot::take(&ctx, peer).and_then(|slot| {
+        let place = ctx.shared_streams.take(peer).and_then(|slot| {
             Some((
                 slot,
                 Arc::clone(&ctx.shared_total).try_acquire_owned().ok()?,
@@ -181,43 +181,6 @@ fn refuse_shared<P: Protocol>(ctx: &Arc<ServerContext>, peer: PeerId, mut stream
             let _ = tokio::time::timeout(timeout, stream.close()).await;
             drop(permit);
         });
-    }
-}
-
-/// One of a peer's [`MAX_SHARED_PER_PEER`] shared streams; freed when dropped.
-struct SharedSlot {
-    ctx: Arc<ServerContext>,
-    peer: PeerId,
-}
-
-impl SharedSlot {
-    fn take(ctx: &Arc<ServerContext>, peer: PeerId) -> Option<Self> {
-        let mut open = ctx.shared_streams.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(peer).or_default();
-        if *n >= MAX_SHARED_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            ctx: Arc::clone(ctx),
-            peer,
-        })
-    }
-}
-
-impl Drop for SharedSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .ctx
-            .shared_streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.peer);
-            }
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! each stream is served by a task of its own (plus its reader), within the limits of
 //! [`StreamConfig`].
 
-use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::{
     AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _, Stream, StreamExt as _, io::BufReader,
@@ -32,7 +32,7 @@ pub(crate) struct StreamServer {
     pub(crate) write_timeout: Duration,
     pub(crate) config: StreamConfig,
     /// Streams open per peer.
-    pub(crate) per_peer: Mutex<HashMap<PeerId, usize>>,
+    pub(crate) per_peer: Arc<crate::rpc::PeerSlots>,
     /// Streams open in all.
     pub(crate) total: Arc<Semaphore>,
     /// Small tasks that answer `Busy` to a stream over the limits.
@@ -96,7 +96,9 @@ pub(crate) async fn run<Q: Streaming, H: StreamHandler<Q>>(
                 None => return,
             },
         };
-        let place = Slot::take(&ctx, peer)
+        let place = ctx
+            .per_peer
+            .take(peer)
             .and_then(|slot| Some((slot, Arc::clone(&ctx.total).try_acquire_owned().ok()?)));
         match place {
             Some(place) => {
@@ -124,39 +126,6 @@ fn refuse<Q: Streaming>(ctx: &Arc<StreamServer>, peer: PeerId, mut stream: Libp2
     });
 }
 
-/// One of a peer's streams; freed when dropped.
-struct Slot {
-    ctx: Arc<StreamServer>,
-    peer: PeerId,
-}
-
-impl Slot {
-    fn take(ctx: &Arc<StreamServer>, peer: PeerId) -> Option<Self> {
-        let mut open = ctx.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(peer).or_default();
-        if *n >= ctx.config.max_per_peer {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            ctx: Arc::clone(ctx),
-            peer,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.ctx.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.peer);
-            }
-        }
-    }
-}
-
 /// The frame that ends a stream whose handler failed: rejections and load shedding raised
 /// by middleware travel as themselves, every other error as `Failed`.
 fn failure(error: BoxError) -> StreamFrame<&'static ()> {
@@ -173,7 +142,7 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     peer: PeerId,
     (stream, gone): (Libp2pStream, crate::streams::ConnectionGone),
     handler: H,
-    _place: (Slot, OwnedSemaphorePermit),
+    _place: (crate::rpc::PeerSlot, OwnedSemaphorePermit),
 ) {
     let (read_half, write_half) = stream.split();
     let mut io = BufReader::with_capacity(crate::rpc::BATCH, read_half);
