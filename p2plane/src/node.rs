@@ -240,6 +240,7 @@ impl<P: Protocol> Node<P> {
             per_peer: Arc::new(rpc::PeerSlots::new(config.streams.max_per_peer)),
             total: Arc::new(Semaphore::new(config.streams.max_inbound)),
             helpers: Arc::new(Semaphore::new(config.max_concurrent_inbound)),
+            served: Arc::clone(&self.shared.served_streams),
         });
         tokio::spawn(rpc::streaming::server::run::<Q, H>(
             server, inbound, handler,

@@ -36,6 +36,8 @@ pub(crate) struct NodeState {
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Places for streaming calls this node makes ([`StreamConfig::max_outbound`](crate::StreamConfig::max_outbound)).
     pub(crate) outbound_streams: Arc<tokio::sync::Semaphore>,
+    /// The streams this node serves (shutdown lets them end with a `Shutdown` frame).
+    pub(crate) served_streams: Arc<crate::rpc::streaming::Served>,
 }
 
 impl NodeState {

@@ -354,9 +354,8 @@ async fn dropping_the_stream_cancels_the_handler_over_quic() {
     dropping_the_stream_cancels_the_handler(QUIC).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_error_ends_the_stream_after_its_items() {
-    let (server, client, peer) = pair(TCP, |_| {}).await;
+async fn a_handler_error_ends_the_stream_after_its_items_on(addr: &str) {
+    let (server, client, peer) = pair(addr, |_| {}).await;
     server
         .serve_stream::<Count, _>(service_fn(|req: Request<(u64, u64)>| async move {
             let (from, to) = *req.body();
@@ -387,6 +386,13 @@ async fn a_handler_error_ends_the_stream_after_its_items() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_error_ends_the_stream_after_its_items() {
+    for addr in [TCP, QUIC] {
+        a_handler_error_ends_the_stream_after_its_items_on(addr).await;
+    }
 }
 
 /// Serves `Count` with one item, then nothing: the stream stays open until something ends
@@ -443,9 +449,8 @@ async fn a_server_shutting_down_ends_its_streams_with_a_typed_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_over_the_per_peer_limit_are_busy_and_run_no_handler() {
-    let (server, client, peer) = pair(TCP, |c| c.streams.max_per_peer = 2).await;
+async fn streams_over_the_per_peer_limit_are_busy_and_run_no_handler_on(addr: &str) {
+    let (server, client, peer) = pair(addr, |c| c.streams.max_per_peer = 2).await;
     let calls = Arc::new(AtomicU32::new(0));
     let counted = Arc::clone(&calls);
     server
@@ -479,8 +484,14 @@ async fn streams_over_the_per_peer_limit_are_busy_and_run_no_handler() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_happens_before_the_first_item_and_never_after() {
-    let (server, client, peer) = pair(TCP, |_| {}).await;
+async fn streams_over_the_per_peer_limit_are_busy_and_run_no_handler() {
+    for addr in [TCP, QUIC] {
+        streams_over_the_per_peer_limit_are_busy_and_run_no_handler_on(addr).await;
+    }
+}
+
+async fn retry_happens_before_the_first_item_and_never_after_on(addr: &str) {
+    let (server, client, peer) = pair(addr, |_| {}).await;
     let calls = Arc::new(AtomicU32::new(0));
     let counted = Arc::clone(&calls);
     server
@@ -536,8 +547,14 @@ async fn retry_happens_before_the_first_item_and_never_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_timeout_layer_bounds_the_first_item_and_each_gap() {
-    let (server, client, peer) = pair(TCP, |_| {}).await;
+async fn retry_happens_before_the_first_item_and_never_after() {
+    for addr in [TCP, QUIC] {
+        retry_happens_before_the_first_item_and_never_after_on(addr).await;
+    }
+}
+
+async fn the_timeout_layer_bounds_the_first_item_and_each_gap_on(addr: &str) {
+    let (server, client, peer) = pair(addr, |_| {}).await;
     server
         .serve_stream::<Count, _>(service_fn(|req: Request<(u64, u64)>| async move {
             let (from, _) = *req.body();
@@ -585,8 +602,14 @@ async fn the_timeout_layer_bounds_the_first_item_and_each_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_validate_layer_checks_the_request_and_each_item() {
-    let (server, client, peer) = pair(TCP, |_| {}).await;
+async fn the_timeout_layer_bounds_the_first_item_and_each_gap() {
+    for addr in [TCP, QUIC] {
+        the_timeout_layer_bounds_the_first_item_and_each_gap_on(addr).await;
+    }
+}
+
+async fn the_validate_layer_checks_the_request_and_each_item_on(addr: &str) {
+    let (server, client, peer) = pair(addr, |_| {}).await;
     serve_count(&server);
     let mut validated = ServiceBuilder::new()
         .layer(ValidateLayer::with(|req: &Request<(u64, u64)>| {
@@ -633,8 +656,14 @@ async fn the_validate_layer_checks_the_request_and_each_item() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_items_and_requests_are_typed_errors() {
-    let (server, _, _) = pair(TCP, |c| c.max_message_size = 64 * 1024).await;
+async fn the_validate_layer_checks_the_request_and_each_item() {
+    for addr in [TCP, QUIC] {
+        the_validate_layer_checks_the_request_and_each_item_on(addr).await;
+    }
+}
+
+async fn oversized_items_and_requests_are_typed_errors_on(addr: &str) {
+    let (server, _, _) = pair(addr, |c| c.max_message_size = 64 * 1024).await;
     server
         .serve_stream::<Blobs, _>(service_fn(|req: Request<(u32, usize)>| async move {
             let (n, size) = *req.body();
@@ -642,7 +671,7 @@ async fn oversized_items_and_requests_are_typed_errors() {
         }))
         .unwrap();
     // The client accepts items of 16 KiB at most.
-    let mut small = config(TCP);
+    let mut small = config(addr);
     small.max_message_size = 16 * 1024;
     let client = Node::<Echo>::new(small).await.unwrap();
     let peer = within("dial", client.dial(first_addr(&server).await))
@@ -668,7 +697,7 @@ async fn oversized_items_and_requests_are_typed_errors() {
         "{err:?}"
     );
     // An item over the handler's own limit: it says why it stopped.
-    let mut big = config(TCP);
+    let mut big = config(addr);
     big.max_message_size = 1 << 20;
     let client = Node::<Echo>::new(big).await.unwrap();
     let peer = within("dial", client.dial(first_addr(&server).await))
@@ -686,14 +715,27 @@ async fn oversized_items_and_requests_are_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_without_the_protocol_is_unsupported() {
-    let (_server, client, peer) = pair(TCP, |_| {}).await;
+async fn oversized_items_and_requests_are_typed_errors() {
+    for addr in [TCP, QUIC] {
+        oversized_items_and_requests_are_typed_errors_on(addr).await;
+    }
+}
+
+async fn a_peer_without_the_protocol_is_unsupported_on(addr: &str) {
+    let (_server, client, peer) = pair(addr, |_| {}).await;
     let err = client
         .stream_client::<Count>()
         .request(peer, (0, 1))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnsupportedProtocol { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_protocol_is_unsupported() {
+    for addr in [TCP, QUIC] {
+        a_peer_without_the_protocol_is_unsupported_on(addr).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -831,4 +873,47 @@ async fn a_handler_that_ignores_its_credit_is_a_protocol_error() {
         matches!(got.last(), Some(Err(Error::Protocol { reason, .. })) if reason.contains("beyond the granted")),
         "{got:?}"
     );
+}
+
+async fn the_in_flight_limit_counts_open_streams_not_handler_calls_on(addr: &str) {
+    use p2plane::layer::InFlightLimitLayer;
+    let (server, client, peer) = pair(addr, |_| {}).await;
+    server
+        .serve_stream::<Count, _>(
+            ServiceBuilder::new()
+                .layer(InFlightLimitLayer::new(2))
+                .service(service_fn(|_: Request<(u64, u64)>| async move {
+                    Ok::<_, Error>(stream::iter([Ok(1)]).chain(stream::pending()))
+                })),
+        )
+        .unwrap();
+    // Both handlers have returned their streams; the streams are still open.
+    let a = first_of(&client, peer).await;
+    let b = first_of(&client, peer).await;
+    let err = client
+        .stream_client::<Count>()
+        .request(peer, (0, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    // A stream that ends frees its place.
+    drop(a);
+    let c = within("a freed place", async {
+        loop {
+            match client.stream_client::<Count>().request(peer, (0, 0)).await {
+                Ok(c) => return c,
+                Err(Error::Busy { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_counts_open_streams_not_handler_calls() {
+    for addr in [TCP, QUIC] {
+        the_in_flight_limit_counts_open_streams_not_handler_calls_on(addr).await;
+    }
 }

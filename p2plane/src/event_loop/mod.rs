@@ -48,6 +48,8 @@ pub(crate) struct EventLoop {
     shutdown: watch::Sender<bool>,
     /// `true` once the node has stopped: store flushed, swarm and connections gone.
     stopped: watch::Sender<bool>,
+    /// The streams the node serves: at shutdown they get a moment to say so to their callers.
+    served_streams: Arc<crate::rpc::streaming::Served>,
     pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     peers: Arc<PeerTable>,
     /// The node's outbound shared streams, forgotten per peer as its last connection closes.
@@ -71,6 +73,9 @@ pub(crate) struct EventLoop {
     reach: reach::ReachState,
 }
 
+/// The longest shutdown waits for served streams to write their last frame.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl EventLoop {
     /// Runs until a `Shutdown` command or until every handle is dropped.
     async fn run(mut self) {
@@ -89,6 +94,17 @@ impl EventLoop {
         self.shutdown.send_replace(true);
         for (_, reply) in self.pending_dials.drain() {
             let _ = reply.send(Err(Error::Shutdown));
+        }
+        // Served streams write their `Shutdown` frame (each within its write deadline); the
+        // connections stay up, and the swarm polled, until they have, for a second at most.
+        let served = Arc::clone(&self.served_streams);
+        let drained = tokio::time::timeout(SHUTDOWN_DRAIN, served.drained());
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                _ = &mut drained => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
         }
         #[cfg(feature = "dht")]
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()

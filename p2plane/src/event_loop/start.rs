@@ -99,7 +99,9 @@ impl EventLoop {
         let metrics = None;
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let peers = Arc::new(PeerTable::default());
+        let served_streams = Arc::default();
         let event_loop = EventLoop {
+            served_streams: Arc::clone(&served_streams),
             swarm,
             commands: commands_rx,
             events: events.clone(),
@@ -146,6 +148,7 @@ impl EventLoop {
             #[cfg(feature = "metrics")]
             metrics_addr,
             outbound_streams: Arc::new(tokio::sync::Semaphore::new(config.streams.max_outbound)),
+            served_streams,
             config,
         })
     }

@@ -91,7 +91,7 @@ mod retry;
 pub mod timeout;
 pub mod validate;
 
-pub use per_peer::{InFlightLimitLayer, RateLimitLayer};
+pub use per_peer::{InFlightLimitLayer, RateLimitLayer, StreamScope};
 pub use retry::{Budget, PeerSelector, Retry, RetryLayer, RetryPolicy, TpsBudget};
 pub use timeout::{ItemTimeout, Timeout, TimeoutLayer};
 pub use validate::{ByBody, ItemsOnly, Validate, ValidateItems, ValidateLayer, Validator};

@@ -120,10 +120,20 @@ where
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let peer = request.peer();
         match self.state.try_enter(peer) {
-            Some(guard) => Either::Right(InFlightFuture {
-                inner: self.inner.call(request),
-                _guard: guard,
-            }),
+            Some(guard) => {
+                // A served stream keeps the place until it ends.
+                let guard = match request.extensions().get::<super::StreamScope>() {
+                    Some(scope) => {
+                        scope.keep(guard);
+                        None
+                    }
+                    None => Some(guard),
+                };
+                Either::Right(InFlightFuture {
+                    inner: self.inner.call(request),
+                    _guard: guard,
+                })
+            }
             None => Either::Left(ready(Err(Error::Busy { peer }.into()))),
         }
     }
@@ -131,12 +141,13 @@ where
 
 pin_project! {
     /// The response future of [`InFlightLimit`]: holds the peer's slot until it completes or
-    /// is dropped.
+    /// is dropped (a served stream's slot is held by its [`StreamScope`](super::StreamScope)
+    /// instead).
     #[derive(Debug)]
     pub struct InFlightFuture<F> {
         #[pin]
         inner: F,
-        _guard: Guard,
+        _guard: Option<Guard>,
     }
 }
 

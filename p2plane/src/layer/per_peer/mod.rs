@@ -3,6 +3,11 @@
 //! [`Error::Busy`](p2plane_core::Error::Busy) at once (the handler does not run, and the
 //! caller's retry layer backs off); nothing queues.
 //!
+//! On a streaming handler ([`Node::serve_stream`](crate::Node::serve_stream)),
+//! [`InFlightLimitLayer`] counts open streams: a stream holds its peer's place until it ends,
+//! not just until the handler has returned it (see [`StreamScope`]). [`RateLimitLayer`]
+//! counts streams opened.
+//!
 //! A layer's state is shared by its clones: give the same layer to several
 //! [`serve_protocol`](crate::Node::serve_protocol) stacks to limit a peer across all of
 //! them, or separate layers to limit each protocol on its own.
@@ -20,9 +25,11 @@
 
 mod in_flight;
 mod rate;
+mod scope;
 
 pub use in_flight::{InFlightFuture, InFlightLimit, InFlightLimitLayer};
 pub use rate::{RateLimit, RateLimitLayer};
+pub use scope::StreamScope;
 
 /// The most peers whose state a limiter keeps at once.
 pub const MAX_TRACKED_PEERS: usize = 10_000;

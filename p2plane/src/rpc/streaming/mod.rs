@@ -80,6 +80,44 @@ impl StreamConfig {
     }
 }
 
+/// The streams a node serves, counted, so that shutdown can let them write their last frame
+/// (`Shutdown`) before the connections close.
+#[derive(Default)]
+pub(crate) struct Served {
+    open: std::sync::atomic::AtomicUsize,
+    none_left: Notify,
+}
+
+impl Served {
+    /// Counts one served stream until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> ServedGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ServedGuard(Arc::clone(self))
+    }
+
+    /// Waits until no served stream is left.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One served stream, counted in [`Served`].
+pub(crate) struct ServedGuard(Arc<Served>);
+
+impl Drop for ServedGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
 /// The libp2p name of streaming protocol `Q`, checked when the program is compiled.
 pub(crate) fn streaming_protocol<Q: Streaming>() -> StreamProtocol {
     struct Check<Q>(PhantomData<Q>);

@@ -37,6 +37,8 @@ pub(crate) struct StreamServer {
     pub(crate) total: Arc<Semaphore>,
     /// Small tasks that answer `Busy` to a stream over the limits.
     pub(crate) helpers: Arc<Semaphore>,
+    /// The node's served streams, which shutdown waits for (briefly).
+    pub(crate) served: Arc<super::Served>,
 }
 
 /// What handlers of streaming protocol `Q` must be: services from the request to a stream of
@@ -103,7 +105,11 @@ pub(crate) async fn run<Q: Streaming, H: StreamHandler<Q>>(
         match place {
             Some(place) => {
                 let (ctx, handler) = (Arc::clone(&ctx), handler.clone());
-                tokio::spawn(serve::<Q, H>(ctx, peer, (stream, gone), handler, place));
+                let served = ctx.served.enter();
+                tokio::spawn(async move {
+                    serve::<Q, H>(ctx, peer, (stream, gone), handler, place).await;
+                    drop(served);
+                });
             }
             None => refuse::<Q>(&ctx, peer, stream),
         }
@@ -206,6 +212,10 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     )));
     uploads.validate = Some(Q::validate_upload);
     request.extensions_mut().insert(uploads);
+    // Released when this function returns, however the stream ends.
+    let scope = crate::layer::per_peer::StreamScope::default();
+    request.extensions_mut().insert(scope.clone());
+    let _release = Release(scope);
 
     let span = crate::rpc::request_span("inbound", peer, Q::NAME, None);
     let call = std::panic::AssertUnwindSafe(
@@ -320,6 +330,14 @@ async fn finish<W: futures::AsyncWrite + Unpin>(
     })
     .await
     .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+struct Release(crate::layer::per_peer::StreamScope);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
