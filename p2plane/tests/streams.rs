@@ -917,3 +917,48 @@ async fn the_in_flight_limit_counts_open_streams_not_handler_calls() {
         the_in_flight_limit_counts_open_streams_not_handler_calls_on(addr).await;
     }
 }
+
+/// Uploads numbers; the handler answers once, with their total, after the last upload.
+struct Total;
+impl Streaming for Total {
+    const NAME: &'static str = "/p2plane-test/total/1";
+    type Request = ();
+    type Upload = u64;
+    type Item = u64;
+}
+
+async fn an_upload_is_read_whole_before_the_one_answer(addr: &str) {
+    let (server, client, peer) = pair(addr, |c| c.streams.window_items = 8).await;
+    server
+        .serve_stream::<Total, _>(service_fn(|mut req: Request<()>| async move {
+            // The handler reads every upload before it returns its stream: the caller's
+            // window for uploads is granted before the handler runs, so this cannot wait on
+            // the answer.
+            let total = Uploads::<u64>::take(&mut req)
+                .fold(Ok(0u64), |sum, n| async move { Ok::<_, Error>(sum? + n?) })
+                .await?;
+            Ok::<_, Error>(stream::once(async move { Ok(total) }))
+        }))
+        .unwrap();
+    let items = within(
+        "the total",
+        client
+            .stream_client::<Total>()
+            .open(peer, (), stream::iter(1..=10_000u64)),
+    )
+    .await
+    .unwrap();
+    let got: Vec<u64> = collect(items)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, [10_000 * 10_001 / 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_read_whole_before_the_one_answer_over_tcp_and_quic() {
+    for addr in [TCP, QUIC] {
+        an_upload_is_read_whole_before_the_one_answer(addr).await;
+    }
+}

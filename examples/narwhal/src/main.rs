@@ -274,15 +274,50 @@ async fn local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
         });
         authorities.push(authority);
     }
-    // Wait until every authority that runs is connected to every other.
+    // Wait until every authority that runs is connected to every other, dialling again any
+    // that is missing every second (each authority dials the others once as it starts; those
+    // not up yet are dialled again only when a message goes to them).
     let online = Instant::now();
-    for authority in &authorities {
-        while authority.node().connected_peers().await?.len() + 1 < alive {
-            if online.elapsed() > Duration::from_secs(20) {
-                return Err("the authorities did not connect within 20 s".into());
+    let members: Vec<_> = local.committee().authorities()[..alive]
+        .iter()
+        .map(|a| (a.peer_id, a.address.clone()))
+        .collect();
+    let mut redial = Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        for (i, authority) in authorities.iter().enumerate() {
+            let connected = authority.node().connected_peers().await?;
+            for (peer, addr) in &members {
+                if *peer != authority.node().local_peer_id() && !connected.contains(peer) {
+                    missing.push((i, *peer, addr.clone()));
+                }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if missing.is_empty() {
+            break;
+        }
+        if online.elapsed() > Duration::from_secs(20) {
+            let pairs: Vec<String> = missing
+                .iter()
+                .map(|(i, peer, addr)| format!("authority {i} to {peer} at {addr}"))
+                .collect();
+            return Err(format!(
+                "the authorities did not connect within 20 s; missing: {}",
+                pairs.join(", ")
+            )
+            .into());
+        }
+        if redial.elapsed() > Duration::from_secs(1) {
+            redial = Instant::now();
+            for (i, _, addr) in &missing {
+                let node = authorities[*i].node().clone();
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    let _ = node.dial(addr).await;
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // One client per running worker, each on its own node; the rate is split as the

@@ -183,6 +183,14 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     let credit = Arc::new(SendCredit::default());
     let ends = Arc::new(Ends::default());
     writer.put_control(StreamFrame::Credit(items, bytes));
+    // Sent now, not with the first items: a handler that reads uploads before it returns
+    // its stream would otherwise wait for uploads that wait for this.
+    if tokio::time::timeout(ctx.write_timeout, writer.flush())
+        .await
+        .map_or(true, |written| written.is_err())
+    {
+        return report(&ctx, peer, Q::NAME, InboundError::WriteTimeout);
+    }
     let (tx, rx) = mpsc::channel(items as usize + 1);
     let reading = tokio::spawn(
         Reader {
@@ -225,9 +233,30 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     )
     .catch_unwind();
     let mut shutdown = ctx.shutdown.clone();
-    let called = tokio::select! {
-        called = tokio::time::timeout(ctx.handler_timeout, crate::rpc::instrumented(call, span)) => Some(called),
-        _ = shutdown.wait_for(|down| *down) => None,
+    let call = tokio::time::timeout(ctx.handler_timeout, crate::rpc::instrumented(call, span));
+    tokio::pin!(call);
+    // While the handler runs (it may read uploads before it returns its stream), room for
+    // uploads is granted back as it takes them. A grant is written between polls of the
+    // call, never cancelled half-written.
+    let called = loop {
+        if window.grant_due()
+            && let Some((n, bytes)) = window.grant()
+        {
+            writer.put_control(StreamFrame::Credit(n, bytes));
+            if writer.flush().await.is_err() {
+                return report(
+                    &ctx,
+                    peer,
+                    Q::NAME,
+                    InboundError::Io("the caller left".to_owned()),
+                );
+            }
+        }
+        tokio::select! {
+            called = &mut call => break Some(called),
+            _ = shutdown.wait_for(|down| *down) => break None,
+            _ = window.due.notified() => {}
+        }
     };
     let items = match called {
         Some(Ok(Ok(Ok(items)))) => items,
