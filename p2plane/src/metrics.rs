@@ -1,6 +1,7 @@
 //! Prometheus metrics: libp2p's own (connections, identify, ping, Kademlia, gossipsub) and
-//! P2PLane's (requests by protocol, direction and outcome, round-trip latency, retries,
-//! inbound refusals, DHT queries, peer-store size), served in the text format on an HTTP
+//! P2PLane's (requests and streaming calls by protocol, direction and outcome, round-trip
+//! latency (to the first item, for a stream), retries, inbound refusals, stream items, DHT
+//! queries, peer-store size), served in the text format on an HTTP
 //! address. Off unless [`NodeConfig::metrics_addr`](crate::NodeConfig::metrics_addr) is set.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -44,6 +45,13 @@ pub(crate) struct Metrics {
     retries: Family<ProtocolLabels, Counter>,
     dht_queries: Family<DhtLabels, Counter>,
     peer_store_size: Gauge,
+    stream_items: Family<ItemLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ItemLabels {
+    protocol: &'static str,
+    direction: &'static str,
 }
 
 /// The outcome label of a request's result.
@@ -77,6 +85,7 @@ impl Metrics {
             retries: Family::default(),
             dht_queries: Family::default(),
             peer_store_size: Gauge::default(),
+            stream_items: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("p2plane");
         sub.register(
@@ -98,6 +107,11 @@ impl Metrics {
             "dht_queries",
             "DHT queries by kind and outcome",
             metrics.dht_queries.clone(),
+        );
+        sub.register(
+            "stream_items",
+            "Items of streaming calls, sent (by handlers) and received (by callers), counted when each stream ends",
+            metrics.stream_items.clone(),
         );
         sub.register(
             "peer_store_peers",
@@ -143,6 +157,16 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// `n` items of one stream of `protocol`, `sent` or `received`.
+    pub(crate) fn stream_items(&self, protocol: &'static str, direction: &'static str, n: u64) {
+        self.stream_items
+            .get_or_create(&ItemLabels {
+                protocol,
+                direction,
+            })
+            .inc_by(n);
     }
 
     #[cfg(feature = "dht")]

@@ -24,6 +24,10 @@ impl Metrics {
         match *self {}
     }
 
+    pub(crate) fn stream_items(&self, _protocol: &'static str, _direction: &'static str, _n: u64) {
+        match *self {}
+    }
+
     #[cfg(feature = "dht")]
     pub(crate) fn dht_query(&self, _query: &'static str, _ok: bool) {
         match *self {}

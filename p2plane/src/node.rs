@@ -203,8 +203,9 @@ impl<P: Protocol> Node<P> {
     /// [`Uploads::take`](crate::Uploads::take).
     ///
     /// The handler's call (until it returns its stream) is bounded by
-    /// [`inbound_timeout`](NodeConfig::inbound_timeout); the stream itself by nothing but
-    /// the caller: when the caller drops its end, or goes away, the handler's stream is
+    /// [`inbound_timeout`](NodeConfig::inbound_timeout) without progress (each upload it
+    /// takes moves the deadline on, so a handler may read a long upload before it answers);
+    /// the stream itself by nothing but the caller: when the caller drops its end, or goes away, the handler's stream is
     /// dropped within a round trip or so. A stream on which nothing moves for
     /// [`StreamConfig::idle_timeout`](crate::StreamConfig::idle_timeout) is closed. Beyond
     /// [`StreamConfig::max_per_peer`](crate::StreamConfig::max_per_peer) or
@@ -241,6 +242,7 @@ impl<P: Protocol> Node<P> {
             total: Arc::new(Semaphore::new(config.streams.max_inbound)),
             helpers: Arc::new(Semaphore::new(config.max_concurrent_inbound)),
             served: Arc::clone(&self.shared.served_streams),
+            metrics: self.shared.metrics.clone(),
         });
         tokio::spawn(rpc::streaming::server::run::<Q, H>(
             server, inbound, handler,

@@ -180,3 +180,55 @@ async fn a_held_connection_does_not_stop_another_scrape() {
             .all(|(status, _)| status == "HTTP/1.1 200 OK")
     );
 }
+
+/// Streams the numbers `0..n`.
+struct Count;
+impl p2plane::Streaming for Count {
+    const NAME: &'static str = "/p2plane-test/metrics-count/1";
+    type Request = u64;
+    type Upload = ();
+    type Item = u64;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_calls_and_their_items_are_counted() {
+    use futures::StreamExt as _;
+    let with_metrics = || config(TCP).with_metrics("127.0.0.1:0".parse().unwrap());
+    let server = echo_node(with_metrics()).await;
+    server
+        .serve_stream::<Count, _>(p2plane::service_fn(|req: Request<u64>| async move {
+            let n = *req.body();
+            Ok::<_, std::convert::Infallible>(futures::stream::iter((0..n).map(Ok)))
+        }))
+        .unwrap();
+    let client = echo_node(with_metrics()).await;
+    let peer = client.dial(first_addr(&server).await).await.unwrap();
+    for n in [10, 20, 30] {
+        let items = client
+            .stream_client::<Count>()
+            .request(peer, n)
+            .await
+            .unwrap();
+        assert_eq!(items.count().await as u64, n);
+    }
+    let calls = |direction: &str| {
+        format!(
+            "p2plane_requests_total{{protocol=\"{}\",direction=\"{direction}\",outcome=\"ok\"}}",
+            <Count as p2plane::Streaming>::NAME
+        )
+    };
+    let items = |direction: &str| {
+        format!(
+            "p2plane_stream_items_total{{protocol=\"{}\",direction=\"{direction}\"}}",
+            <Count as p2plane::Streaming>::NAME
+        )
+    };
+    let (_, client_scrape) = get(client.metrics_addr().unwrap(), "/metrics").await;
+    assert_eq!(sample(&client_scrape, &calls("outbound")), Some(3.0));
+    assert_eq!(sample(&client_scrape, &items("received")), Some(60.0));
+    // The server counts a stream before it writes the stream's end, so its counts are in
+    // by the time the caller has read that end.
+    let (_, server_scrape) = get(server.metrics_addr().unwrap(), "/metrics").await;
+    assert_eq!(sample(&server_scrape, &calls("inbound")), Some(3.0));
+    assert_eq!(sample(&server_scrape, &items("sent")), Some(60.0));
+}

@@ -962,3 +962,47 @@ async fn an_upload_is_read_whole_before_the_one_answer_over_tcp_and_quic() {
         an_upload_is_read_whole_before_the_one_answer(addr).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_deadline_moves_on_with_each_upload_it_takes() {
+    let (server, client, peer) =
+        pair(TCP, |c| c.inbound_timeout = Duration::from_millis(300)).await;
+    server
+        .serve_stream::<Total, _>(service_fn(|mut req: Request<()>| async move {
+            let total = Uploads::<u64>::take(&mut req)
+                .fold(Ok(0u64), |sum, n| async move { Ok::<_, Error>(sum? + n?) })
+                .await?;
+            Ok::<_, Error>(stream::once(async move { Ok(total) }))
+        }))
+        .unwrap();
+    // Ten uploads, one every 100 ms: a second in all, three times the handler's deadline,
+    // but never 300 ms without one.
+    let slow = stream::iter(1..=10u64).then(|n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n
+    });
+    let items = within(
+        "the total",
+        client.stream_client::<Total>().open(peer, (), slow),
+    )
+    .await
+    .unwrap();
+    let got: Vec<u64> = collect(items)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, [55]);
+    // A caller that sends nothing for longer than the deadline: the handler is cut off.
+    let stalled = stream::iter([1u64]).chain(stream::pending());
+    let err = within(
+        "the handler's timeout",
+        client.stream_client::<Total>().open(peer, (), stalled),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message, .. } if message.contains("timed out")),
+        "{err:?}"
+    );
+}

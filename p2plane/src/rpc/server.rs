@@ -185,17 +185,34 @@ fn refuse_shared<P: Protocol>(ctx: &Arc<ServerContext>, peer: PeerId, mut stream
 }
 
 fn report<P: Protocol>(ctx: &ServerContext, peer: PeerId, error: InboundError) {
-    tracing::debug!(%peer, protocol = P::NAME, %error, "inbound request failed");
-    ctx.count::<P>(match error {
-        InboundError::Frame(_) | InboundError::Decode(_) => "malformed",
-        InboundError::Timeout | InboundError::WriteTimeout => "timeout",
-        InboundError::Overloaded => "dropped",
-        InboundError::OverBudget { .. } => "over_budget",
-        _ => "io",
-    });
-    let _ = ctx.events.send(Event::InboundFailure {
+    report_inbound(&ctx.events, ctx.metrics.as_deref(), peer, P::NAME, error);
+}
+
+/// An inbound request or stream that failed: counted by outcome, and reported as
+/// [`Event::InboundFailure`].
+pub(crate) fn report_inbound(
+    events: &broadcast::Sender<Event>,
+    metrics: Option<&crate::metrics::Metrics>,
+    peer: PeerId,
+    protocol: &'static str,
+    error: InboundError,
+) {
+    tracing::debug!(%peer, protocol, %error, "inbound request failed");
+    if let Some(metrics) = metrics {
+        metrics.inbound(
+            protocol,
+            match error {
+                InboundError::Frame(_) | InboundError::Decode(_) => "malformed",
+                InboundError::Timeout | InboundError::WriteTimeout => "timeout",
+                InboundError::Overloaded => "dropped",
+                InboundError::OverBudget { .. } => "over_budget",
+                _ => "io",
+            },
+        );
+    }
+    let _ = events.send(Event::InboundFailure {
         peer,
-        protocol: P::NAME.to_owned(),
+        protocol: protocol.to_owned(),
         error,
     });
 }

@@ -35,7 +35,9 @@ use crate::{
 /// The call's future resolves with the handler's first item (or its clean end, or the
 /// error that came first), so a [`TimeoutLayer`](crate::TimeoutLayer) around the client
 /// bounds the time to the first item and a [`RetryLayer`](crate::RetryLayer) retries only
-/// before an item has been delivered. The stream then yields the rest. Uploads (for
+/// before an item has been delivered. Without a timeout layer, the first item and each gap
+/// are bounded by the node's [`request_timeout`](crate::NodeConfig::request_timeout) (the
+/// first item always is: a layer's longer deadline does not extend it). The stream then yields the rest. Uploads (for
 /// protocols with a [`Streaming::Upload`]) ride in the request: see [`Uploads`] and
 /// [`StreamClient::open`].
 ///
@@ -155,8 +157,10 @@ impl<Q: Streaming> Service<Request<Q::Request>> for StreamClient<Q> {
         let span =
             crate::rpc::request_span("outbound", request.peer(), Q::NAME, Some(request.attempt()));
         let (shared, protocol) = (Arc::clone(&self.shared), self.protocol.clone());
+        let attempt = request.attempt();
         Box::pin(crate::rpc::instrumented(
             async move {
+                let start = std::time::Instant::now();
                 let uploads = request.extensions().get::<Uploads<Q::Upload>>().cloned();
                 let mut stream = uploads.as_ref().and_then(Uploads::take_stream);
                 if uploads.is_some() && stream.is_none() {
@@ -169,6 +173,11 @@ impl<Q: Streaming> Service<Request<Q::Request>> for StreamClient<Q> {
                 // Failed before the uploads were handed to the stream: a retry sends them.
                 if let (Some(uploads), Some(stream)) = (uploads, stream) {
                     *uploads.stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+                }
+                // A streaming call's round trip is the time to its first item.
+                if let Some(metrics) = &shared.metrics {
+                    let outcome = result.as_ref().map(|_| ());
+                    metrics.outbound(Q::NAME, attempt, start.elapsed(), outcome);
                 }
                 result
             },
@@ -321,6 +330,11 @@ async fn first_item<Q: Streaming>(
         sleep: None,
         tasks: Tasks([Some(reading), Some(sending)]),
         _permit: permit,
+        received: Received {
+            n: 0,
+            protocol: Q::NAME,
+            metrics: shared.metrics.clone(),
+        },
     };
     // The first item (or the end, or the error that came instead).
     match futures::future::poll_fn(|cx| items.inbox.poll_item(cx)).await {
@@ -361,6 +375,22 @@ pub struct ItemStream<T> {
     sleep: Option<Pin<Box<Sleep>>>,
     tasks: Tasks,
     _permit: OwnedSemaphorePermit,
+    received: Received,
+}
+
+/// Items a caller has received, counted in the node's metrics when its stream is dropped.
+struct Received {
+    n: u64,
+    protocol: &'static str,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.stream_items(self.protocol, "received", self.n);
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for ItemStream<T> {
@@ -395,11 +425,13 @@ impl<T> Stream for ItemStream<T> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if let Some(first) = this.first.take() {
+            this.received.n += 1;
             return Poll::Ready(Some(Ok(first)));
         }
         match this.inbox.poll_item(cx) {
             Poll::Ready(Some(Ok(item))) => {
                 this.sleep = None;
+                this.received.n += 1;
                 Poll::Ready(Some(Ok(item)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -407,7 +439,8 @@ impl<T> Stream for ItemStream<T> {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.sleep = None;
+                // The handler's end ends the call: nothing more is read or sent.
+                this.end();
                 Poll::Ready(None)
             }
             Poll::Pending => {

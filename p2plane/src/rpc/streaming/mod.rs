@@ -178,6 +178,8 @@ pub(crate) struct Window {
     taken_bytes: AtomicU64,
     held_items: AtomicU64,
     held_bytes: AtomicU64,
+    /// Items taken since the stream began.
+    total_taken: AtomicU64,
     /// Wakes the writer when enough was taken to be worth a grant.
     due: Notify,
 }
@@ -191,6 +193,7 @@ impl Window {
             taken_bytes: AtomicU64::new(0),
             held_items: AtomicU64::new(0),
             held_bytes: AtomicU64::new(0),
+            total_taken: AtomicU64::new(0),
             due: Notify::new(),
         }
     }
@@ -199,6 +202,7 @@ impl Window {
     fn taken(&self, len: u32) {
         self.held_items.fetch_sub(1, Ordering::AcqRel);
         self.held_bytes.fetch_sub(u64::from(len), Ordering::AcqRel);
+        self.total_taken.fetch_add(1, Ordering::Relaxed);
         let items = self.taken_items.fetch_add(1, Ordering::AcqRel) + 1;
         let bytes = self.taken_bytes.fetch_add(u64::from(len), Ordering::AcqRel) + u64::from(len);
         // Grant in halves of the window: one frame per half, and the sender never runs dry
@@ -225,6 +229,11 @@ impl Window {
     fn grant_due(&self) -> bool {
         self.taken_items.load(Ordering::Acquire) >= u64::from(self.items.div_ceil(2))
             || self.taken_bytes.load(Ordering::Acquire) >= u64::from(self.bytes.div_ceil(2))
+    }
+
+    /// Items taken since the stream began.
+    fn total_taken(&self) -> u64 {
+        self.total_taken.load(Ordering::Relaxed)
     }
 
     /// An item of `len` bytes arrived: refused when the sender had no room left for it (it

@@ -39,6 +39,17 @@ pub(crate) struct StreamServer {
     pub(crate) helpers: Arc<Semaphore>,
     /// The node's served streams, which shutdown waits for (briefly).
     pub(crate) served: Arc<super::Served>,
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl StreamServer {
+    /// Counts a stream's outcome (`ok`, `failed`, `rejected`, `busy`, `cancelled`,
+    /// `timeout`, `shutdown`).
+    fn count(&self, protocol: &'static str, outcome: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.inbound(protocol, outcome);
+        }
+    }
 }
 
 /// What handlers of streaming protocol `Q` must be: services from the request to a stream of
@@ -74,12 +85,7 @@ where
 }
 
 fn report(ctx: &StreamServer, peer: PeerId, protocol: &'static str, error: InboundError) {
-    tracing::debug!(%peer, protocol, %error, "inbound stream failed");
-    let _ = ctx.events.send(Event::InboundFailure {
-        peer,
-        protocol: protocol.to_owned(),
-        error,
-    });
+    crate::rpc::server::report_inbound(&ctx.events, ctx.metrics.as_deref(), peer, protocol, error);
 }
 
 /// Accepts the protocol's streams until the node shuts down.
@@ -233,11 +239,15 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     )
     .catch_unwind();
     let mut shutdown = ctx.shutdown.clone();
-    let call = tokio::time::timeout(ctx.handler_timeout, crate::rpc::instrumented(call, span));
+    let call = crate::rpc::instrumented(call, span);
     tokio::pin!(call);
     // While the handler runs (it may read uploads before it returns its stream), room for
     // uploads is granted back as it takes them. A grant is written between polls of the
-    // call, never cancelled half-written.
+    // call, never cancelled half-written. The handler's deadline is `inbound_timeout`
+    // without progress: each upload it takes moves the deadline on, so a long upload read
+    // whole is not cut off while it flows.
+    let mut deadline = tokio::time::Instant::now() + ctx.handler_timeout;
+    let mut progress = window.total_taken();
     let called = loop {
         if window.grant_due()
             && let Some((n, bytes)) = window.grant()
@@ -253,34 +263,48 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
             }
         }
         tokio::select! {
-            called = &mut call => break Some(called),
-            _ = shutdown.wait_for(|down| *down) => break None,
+            called = &mut call => break Called::Done(called),
+            _ = shutdown.wait_for(|down| *down) => break Called::Shutdown,
             _ = window.due.notified() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                let now = window.total_taken();
+                if now == progress {
+                    break Called::TimedOut;
+                }
+                progress = now;
+                deadline = tokio::time::Instant::now() + ctx.handler_timeout;
+            }
         }
     };
     let items = match called {
-        Some(Ok(Ok(Ok(items)))) => items,
+        Called::Done(Ok(Ok(items))) => items,
         refused => {
             let frame = match refused {
-                None => StreamFrame::Shutdown,
-                Some(Ok(Ok(Err(error)))) => failure(error),
-                Some(Ok(Err(_panic))) => StreamFrame::Failed("the handler panicked".to_owned()),
-                _ => {
+                Called::Shutdown => StreamFrame::Shutdown,
+                Called::Done(Ok(Err(error))) => failure(error),
+                Called::Done(Err(_panic)) => StreamFrame::Failed("the handler panicked".to_owned()),
+                Called::TimedOut | Called::Done(Ok(Ok(_))) => {
                     report(&ctx, peer, Q::NAME, InboundError::Timeout);
                     StreamFrame::Failed("the handler timed out".to_owned())
                 }
             };
+            ctx.count(Q::NAME, outcome_of(&frame));
             writer.put_control(frame);
             let _ = finish(&mut writer, ctx.write_timeout).await;
             return;
         }
     };
-    // A handler's stream that panics ends like one that fails.
+    // A handler's stream that panics ends like one that fails. Items are counted as they
+    // are taken from it.
+    let sent_items = std::sync::atomic::AtomicU64::new(0);
     let mut items = Box::pin(
         std::panic::AssertUnwindSafe(items)
             .catch_unwind()
-            .map(move |item| match item {
-                Ok(Ok(item)) => Ok(item),
+            .map(|item| match item {
+                Ok(Ok(item)) => {
+                    sent_items.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(item)
+                }
                 Ok(Err(e)) => Err(item_error(e.into(), peer)),
                 Err(_panic) => Err(Error::Failed {
                     peer,
@@ -300,6 +324,19 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
     .await;
     // The handler's stream is dropped here, before the last frame: it sees the end at once.
     drop(items);
+    if let Some(metrics) = &ctx.metrics {
+        let n = sent_items.load(std::sync::atomic::Ordering::Relaxed);
+        metrics.stream_items(Q::NAME, "sent", n);
+    }
+    match &sent {
+        Sent::End => ctx.count(Q::NAME, "ok"),
+        Sent::Failed(Error::Rejected { .. }) => ctx.count(Q::NAME, "rejected"),
+        Sent::Failed(Error::Busy { .. }) => ctx.count(Q::NAME, "busy"),
+        Sent::Failed(_) | Sent::TooLarge(_) => ctx.count(Q::NAME, "failed"),
+        Sent::Shutdown => ctx.count(Q::NAME, "shutdown"),
+        // Counted by `report` below.
+        Sent::Gone | Sent::Idle => {}
+    }
     match sent {
         Sent::End => writer.put_control(StreamFrame::End),
         Sent::Failed(error) => writer.put_control(match error {
@@ -313,12 +350,13 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
         }
         Sent::Shutdown => writer.put_control(StreamFrame::Shutdown),
         Sent::Gone => {
-            report(
-                &ctx,
+            // The caller cancelled (or went away): counted as such, reported as an event.
+            ctx.count(Q::NAME, "cancelled");
+            let _ = ctx.events.send(Event::InboundFailure {
                 peer,
-                Q::NAME,
-                InboundError::Io("the caller left".to_owned()),
-            );
+                protocol: Q::NAME.to_owned(),
+                error: InboundError::Io("the caller left".to_owned()),
+            });
             return;
         }
         Sent::Idle => {
@@ -327,6 +365,26 @@ async fn serve<Q: Streaming, H: StreamHandler<Q>>(
         }
     }
     let _ = finish(&mut writer, ctx.write_timeout).await;
+}
+
+/// How the handler's call ended.
+enum Called<T> {
+    /// It returned (or panicked).
+    Done(T),
+    /// The node is shutting down.
+    Shutdown,
+    /// No progress within the handler's deadline.
+    TimedOut,
+}
+
+/// The outcome label of a call refused before its stream began.
+fn outcome_of(frame: &StreamFrame<&()>) -> &'static str {
+    match frame {
+        StreamFrame::Rejected(_) => "rejected",
+        StreamFrame::Busy => "busy",
+        StreamFrame::Shutdown => "shutdown",
+        _ => "failed",
+    }
 }
 
 /// A handler's item error as it travels: rejections and load shedding as themselves,
