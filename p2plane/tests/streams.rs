@@ -404,6 +404,21 @@ fn serve_one_then_nothing(node: &Node<Echo>) {
     .unwrap();
 }
 
+/// Opens a `Count` stream as soon as the handler's side has a place for it again (the place
+/// of a dropped stream is freed when the handler's side sees the drop).
+async fn once_a_place_is_free(client: &Node<Echo>, peer: PeerId) -> ItemStream<u64> {
+    within("a freed place", async {
+        loop {
+            match client.stream_client::<Count>().request(peer, (0, 0)).await {
+                Ok(c) => return c,
+                Err(Error::Busy { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await
+}
+
 /// Opens a `Count` stream and takes its first item.
 async fn first_of(client: &Node<Echo>, peer: PeerId) -> ItemStream<u64> {
     let mut items = client
@@ -470,16 +485,7 @@ async fn streams_over_the_per_peer_limit_are_busy_and_run_no_handler_on(addr: &s
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // A place freed is a place taken again.
     drop(a);
-    let c = within("a freed place", async {
-        loop {
-            match open.request(peer, (0, 0)).await {
-                Ok(c) => return c,
-                Err(Error::Busy { .. }) => tokio::task::yield_now().await,
-                Err(e) => panic!("{e:?}"),
-            }
-        }
-    })
-    .await;
+    let c = once_a_place_is_free(&client, peer).await;
     drop((b, c));
 }
 
@@ -898,16 +904,7 @@ async fn the_in_flight_limit_counts_open_streams_not_handler_calls_on(addr: &str
     assert!(matches!(err, Error::Busy { .. }), "{err:?}");
     // A stream that ends frees its place.
     drop(a);
-    let c = within("a freed place", async {
-        loop {
-            match client.stream_client::<Count>().request(peer, (0, 0)).await {
-                Ok(c) => return c,
-                Err(Error::Busy { .. }) => tokio::task::yield_now().await,
-                Err(e) => panic!("{e:?}"),
-            }
-        }
-    })
-    .await;
+    let c = once_a_place_is_free(&client, peer).await;
     drop((b, c));
 }
 

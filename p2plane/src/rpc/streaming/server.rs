@@ -24,7 +24,7 @@ pub(crate) struct StreamServer {
     pub(crate) codec: CborCodec,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// Bounds the handler's call, until it returns its stream.
+    /// Bounds the handler's call without progress, until it returns its stream.
     pub(crate) handler_timeout: Duration,
     /// The request must arrive within this once the stream is open.
     pub(crate) read_timeout: Duration,
