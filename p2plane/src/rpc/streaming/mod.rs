@@ -742,8 +742,11 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|down| *down) => Some(Sent::Shutdown),
-                _ = ends.changed.notified(), if !ends.call_over() => None,
-                _ = window.due.notified(), if !window.grant_due() => None,
+                // No preconditions on these two: a flag set between the checks above and
+                // this select would disable its branch and lose its one wake-up (a caller's
+                // cancellation was missed that way). A stale wake-up only loops once more.
+                _ = ends.changed.notified() => None,
+                _ = window.due.notified() => None,
                 _ = credit.wait(), if !credit.available() => None,
                 next = items.next(), if credit.available() => Some(match next {
                     Some(Ok(item)) => match writer.put(&StreamFrame::Item(&item)) {
