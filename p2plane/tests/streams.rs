@@ -1003,3 +1003,47 @@ async fn the_handler_deadline_moves_on_with_each_upload_it_takes() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_which_nothing_moves_is_closed_at_the_idle_limit() {
+    let (server, _, _) = pair(TCP, |c| c.streams.idle_timeout = Duration::from_millis(300)).await;
+    serve_count(&server);
+    let mut small = config(TCP);
+    small.streams.window_items = 4;
+    let client = Node::<Echo>::new(small).await.unwrap();
+    let peer = within("dial", client.dial(first_addr(&server).await))
+        .await
+        .unwrap();
+    let mut events = server.events();
+    // The caller takes the first item, then neither reads nor grants room: the handler
+    // waits on credit with items left to send.
+    let mut items = client
+        .stream_client::<Count>()
+        .request(peer, (0, 1_000))
+        .await
+        .unwrap();
+    common::wait_event(&mut events, "the idle stream's report", |e| {
+        matches!(
+            e,
+            p2plane::Event::InboundFailure { protocol, error: p2plane::InboundError::WriteTimeout, .. }
+                if protocol == Count::NAME
+        )
+        .then_some(())
+    })
+    .await;
+    // What was granted still arrives; then the cut stream is an error, never a clean end.
+    let got = within("the stream's end", async {
+        let mut got = Vec::new();
+        while let Some(item) = items.next().await {
+            got.push(item);
+        }
+        got
+    })
+    .await;
+    let delivered = got.iter().filter(|item| item.is_ok()).count();
+    assert!(delivered <= 4, "at most the window: {got:?}");
+    assert!(
+        matches!(got.last(), Some(Err(Error::ConnectionClosed { .. }))),
+        "{got:?}"
+    );
+}
